@@ -1,0 +1,96 @@
+"""Map exceptions and stream endings to an outcome and a truncation reason.
+
+The openai SDK wraps transport errors differently in each major (httpx in 1.x
+and 2.x, httpx2 in 3.x, wrapped again in ``APIConnectionError``), so we never
+import one library's exception class: we walk the ``__cause__`` /
+``__context__`` chain and look at what actually happened (an OS-level reset,
+a timeout, a protocol-level cut of the body) by builtin types and class names.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Iterator, Optional
+
+from . import telemetry as t
+
+_RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
+# Class names (anywhere in an exception's MRO) that mean "the read timed out".
+_TIMEOUT_NAMES = frozenset({"APITimeoutError", "ReadTimeout", "TimeoutException", "ReadTimeoutError", "Timeout"})
+# Class names that mean "the body ended before the HTTP framing said it would".
+_INCOMPLETE_NAMES = frozenset(
+    {"RemoteProtocolError", "IncompleteRead", "ChunkedEncodingError", "ProtocolError", "ClientPayloadError"}
+)
+_RESET_NAMES = frozenset({"ConnectionResetError", "ServerDisconnectedError"})
+
+_FINISH_OUTCOMES = {
+    "stop": t.OUTCOME_COMPLETED,
+    "tool_calls": t.OUTCOME_COMPLETED,
+    "function_call": t.OUTCOME_COMPLETED,
+    "end_turn": t.OUTCOME_COMPLETED,
+    "length": t.OUTCOME_LENGTH,
+    "max_tokens": t.OUTCOME_LENGTH,
+    "max_output_tokens": t.OUTCOME_LENGTH,
+    "content_filter": t.OUTCOME_CONTENT_FILTER,
+}
+
+
+def exception_chain(exc: BaseException, limit: int = 16) -> Iterator[BaseException]:
+    """Yield ``exc`` and its causes/contexts, outermost first, each once."""
+    seen = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen and len(seen) < limit:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _names(exc: BaseException) -> set:
+    return {klass.__name__ for klass in type(exc).__mro__}
+
+
+def _is_reset(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
+        return True
+    return bool(_names(exc) & _RESET_NAMES)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or bool(_names(exc) & _TIMEOUT_NAMES)
+
+
+def _is_incomplete(exc: BaseException) -> bool:
+    return bool(_names(exc) & _INCOMPLETE_NAMES)
+
+
+def _is_error_event(exc: BaseException) -> bool:
+    # openai raises a bare ``APIError`` (not a connection or status error) for
+    # an error object inside the event stream.
+    return type(exc).__name__ == "APIError" and getattr(exc, "body", None) is not None
+
+
+def truncation_reason(exc: BaseException) -> str:
+    """The truncation reason for an exception raised while reading a stream."""
+    chain = list(exception_chain(exc))
+    for predicate, reason in (
+        (_is_reset, t.REASON_CONNECTION_RESET),
+        (_is_timeout, t.REASON_READ_TIMEOUT),
+        (_is_incomplete, t.REASON_INCOMPLETE_READ),
+        (_is_error_event, t.REASON_ERROR_EVENT),
+    ):
+        if any(predicate(e) for e in chain):
+            return reason
+    return t.REASON_OTHER
+
+
+def error_type(exc: BaseException) -> str:
+    """Low-cardinality ``error.type``: the exception's class name."""
+    name = type(exc).__qualname__
+    return name if name and len(name) <= 128 else t.ERROR_TYPE_OTHER
+
+
+def outcome_for_finish_reason(finish_reason: str) -> str:
+    """Outcome of a stream that ended with this finish reason."""
+    return _FINISH_OUTCOMES.get(finish_reason, t.OUTCOME_COMPLETED)

@@ -1,0 +1,103 @@
+"""Settings from the environment (read at instrument time), overridable by kwargs.
+
+A bad value must never crash the application at start-up: it is logged as a
+warning and the default is used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+_logger = logging.getLogger(__name__)
+
+ENV_STALL_THRESHOLD = "OTEL_INSTRUMENTATION_LLM_STREAM_STALL_THRESHOLD"
+ENV_RETRY_WINDOW = "OTEL_INSTRUMENTATION_LLM_STREAM_RETRY_WINDOW"
+ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+ENV_MAX_ATTRIBUTE_VALUES = "OTEL_INSTRUMENTATION_LLM_STREAM_MAX_ATTRIBUTE_VALUES"
+
+DEFAULT_STALL_THRESHOLD = 5.0
+DEFAULT_RETRY_WINDOW = 300.0
+DEFAULT_MAX_ATTRIBUTE_VALUES = 100
+# Captured content (opt-in) is capped so that one huge completion cannot blow
+# up a span exporter's payload.
+CONTENT_CAPTURE_LIMIT = 4096
+STALL_EVENT_LIMIT = 10
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration of the instrumentor."""
+
+    stall_threshold: float = DEFAULT_STALL_THRESHOLD
+    retry_window: float = DEFAULT_RETRY_WINDOW
+    capture_content: bool = False
+    max_attribute_values: int = DEFAULT_MAX_ATTRIBUTE_VALUES
+
+
+def _positive_float(name: str, raw: Any, default: float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        _logger.warning("llm_stream_otel: %s=%r is not a number; using %s", name, raw, default)
+        return default
+    if not value > 0 or value == float("inf"):
+        _logger.warning("llm_stream_otel: %s=%r must be a positive number; using %s", name, raw, default)
+        return default
+    return value
+
+
+def _positive_int(name: str, raw: Any, default: int) -> int:
+    value = _positive_float(name, raw, float(default))
+    if value != int(value):
+        _logger.warning("llm_stream_otel: %s=%r must be a whole number; using %s", name, raw, default)
+        return default
+    return int(value)
+
+
+def _boolean(name: str, raw: Any, default: bool) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    _logger.warning("llm_stream_otel: %s=%r is not true/false; using %s", name, raw, default)
+    return default
+
+
+def load_settings(
+    overrides: Optional[Mapping[str, Any]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Settings:
+    """Build settings from the environment, then keyword overrides on top."""
+    env = os.environ if environ is None else environ
+    kw = dict(overrides or {})
+
+    def pick(key: str, env_name: str) -> Any:
+        if kw.get(key) is not None:
+            return kw[key]
+        return env.get(env_name)
+
+    stall = pick("stall_threshold", ENV_STALL_THRESHOLD)
+    window = pick("retry_window", ENV_RETRY_WINDOW)
+    capture = pick("capture_content", ENV_CAPTURE_CONTENT)
+    cap = pick("max_attribute_values", ENV_MAX_ATTRIBUTE_VALUES)
+    return Settings(
+        stall_threshold=DEFAULT_STALL_THRESHOLD
+        if stall is None
+        else _positive_float(ENV_STALL_THRESHOLD, stall, DEFAULT_STALL_THRESHOLD),
+        retry_window=DEFAULT_RETRY_WINDOW
+        if window is None
+        else _positive_float(ENV_RETRY_WINDOW, window, DEFAULT_RETRY_WINDOW),
+        capture_content=False if capture is None else _boolean(ENV_CAPTURE_CONTENT, capture, False),
+        max_attribute_values=DEFAULT_MAX_ATTRIBUTE_VALUES
+        if cap is None
+        else _positive_int(ENV_MAX_ATTRIBUTE_VALUES, cap, DEFAULT_MAX_ATTRIBUTE_VALUES),
+    )

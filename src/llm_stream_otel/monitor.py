@@ -1,0 +1,255 @@
+"""A pure state machine for one stream: timing, chunk facts and the outcome.
+
+It knows nothing of patching or OpenTelemetry: the proxy feeds it events
+with timestamps (``chunk``, ``error``, ``end``, ``abandon``, ``fail``) and
+the recorder reads the result. That keeps the classification testable
+without a network and keeps the per-chunk hot path small: a few float
+operations and one ``bisect`` per chunk, state of constant size.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from . import telemetry as t
+from .classify import outcome_for_finish_reason, truncation_reason
+
+ChunkReader = Callable[["StreamMonitor", Any], None]
+
+# When choices end with different reasons (n > 1), the most severe wins.
+_OUTCOME_SEVERITY = {t.OUTCOME_COMPLETED: 0, t.OUTCOME_LENGTH: 1, t.OUTCOME_CONTENT_FILTER: 2}
+
+
+def _ignore_chunk(monitor: "StreamMonitor", chunk: Any) -> None:
+    """Reader for streams whose chunks we do not understand: timing only."""
+
+
+class StreamMonitor:
+    """Everything we learn about one stream, in O(1) space."""
+
+    __slots__ = (
+        "started_at",
+        "stall_threshold",
+        "bucket_bounds",
+        "reader",
+        "first_at",
+        "last_at",
+        "ended_at",
+        "chunks",
+        "max_gap",
+        "stalls",
+        "stall_events",
+        "stall_event_limit",
+        "gap_counts",
+        "gap_sums",
+        "gap_min",
+        "gap_max",
+        "finish_reasons",
+        "finished_choices",
+        "max_choice",
+        "error_event",
+        "input_tokens",
+        "output_tokens",
+        "response_id",
+        "response_model",
+        "outcome",
+        "reason",
+        "error",
+        "content",
+        "content_limit",
+    )
+
+    def __init__(
+        self,
+        started_at: float,
+        stall_threshold: float,
+        bucket_bounds: Sequence[float] = t.SECONDS_BUCKETS,
+        reader: ChunkReader = _ignore_chunk,
+        stall_event_limit: int = 10,
+        content_limit: int = 0,
+    ) -> None:
+        self.started_at = started_at
+        self.stall_threshold = stall_threshold
+        self.bucket_bounds = bucket_bounds
+        self.reader = reader
+        self.first_at: Optional[float] = None
+        self.last_at: Optional[float] = None
+        self.ended_at: Optional[float] = None
+        self.chunks = 0
+        self.max_gap = 0.0
+        self.stalls = 0
+        self.stall_events: List[Tuple[float, float, int]] = []
+        self.stall_event_limit = stall_event_limit
+        # Gaps are aggregated in-stream, per histogram bucket, so the metric
+        # SDK is called once per stream rather than once per chunk.
+        self.gap_counts: Optional[List[int]] = None
+        self.gap_sums: Optional[List[float]] = None
+        self.gap_min = 0.0
+        self.gap_max = 0.0
+        self.finish_reasons: List[str] = []
+        self.finished_choices = 0
+        self.max_choice = -1
+        self.error_event = False
+        self.input_tokens: Optional[int] = None
+        self.output_tokens: Optional[int] = None
+        self.response_id: Optional[str] = None
+        self.response_model: Optional[str] = None
+        self.outcome: Optional[str] = None
+        self.reason: Optional[str] = None
+        self.error: Optional[BaseException] = None
+        self.content: Optional[List[str]] = [] if content_limit > 0 else None
+        self.content_limit = content_limit
+
+    # --- the hot path -------------------------------------------------------
+    def chunk(self, now: float, chunk: Any) -> None:
+        """One chunk arrived at ``now`` (seconds, monotonic)."""
+        last = self.last_at
+        self.last_at = now
+        self.chunks += 1
+        if last is None:
+            self.first_at = now
+        else:
+            gap = now - last
+            counts = self.gap_counts
+            if counts is None:
+                counts = self.gap_counts = [0] * (len(self.bucket_bounds) + 1)
+                self.gap_sums = [0.0] * (len(self.bucket_bounds) + 1)
+                self.gap_min = self.gap_max = gap
+            elif gap < self.gap_min:
+                self.gap_min = gap
+            elif gap > self.gap_max:
+                self.gap_max = gap
+            index = bisect_left(self.bucket_bounds, gap)
+            counts[index] += 1
+            self.gap_sums[index] += gap  # type: ignore[index]
+            if gap > self.stall_threshold:
+                self._stall(now, gap)
+        self.reader(self, chunk)
+
+    def _stall(self, now: float, gap: float) -> None:
+        self.stalls += 1
+        if len(self.stall_events) < self.stall_event_limit:
+            self.stall_events.append((now, gap, self.chunks))
+
+    # --- facts the chunk readers report ----------------------------------------
+    def finish(self, choice_index: int, finish_reason: str) -> None:
+        """A choice (or the whole response) reached a terminal finish reason."""
+        self.finish_reasons.append(finish_reason)
+        self.finished_choices += 1
+        if choice_index > self.max_choice:
+            self.max_choice = choice_index
+
+    def saw_choice(self, choice_index: int) -> None:
+        if choice_index > self.max_choice:
+            self.max_choice = choice_index
+
+    def add_content(self, text: str) -> None:
+        """Keep opted-in completion text, capped at ``content_limit`` characters."""
+        content = self.content
+        if content is None or not text:
+            return
+        used = sum(len(piece) for piece in content)
+        if used < self.content_limit:
+            content.append(text[: self.content_limit - used])
+
+    @property
+    def terminal(self) -> bool:
+        """Did every choice we saw reach a finish reason?"""
+        return self.finished_choices > 0 and self.finished_choices > self.max_choice
+
+    @property
+    def time_to_first_chunk(self) -> Optional[float]:
+        return None if self.first_at is None else self.first_at - self.started_at
+
+    @property
+    def duration(self) -> Optional[float]:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def gap_replay(self) -> List[Tuple[float, int]]:
+        """(value, count) pairs that reproduce the gap histogram exactly.
+
+        Each bucket's gaps are replayed at their mean, which lies inside the
+        bucket, so bucket counts, count and sum are exact; the overall min and
+        max are replayed as themselves so those are exact too.
+        """
+        counts, sums = self.gap_counts, self.gap_sums
+        if counts is None or sums is None:
+            return []
+        replay: List[Tuple[float, int]] = []
+        lo_index = bisect_left(self.bucket_bounds, self.gap_min)
+        hi_index = bisect_left(self.bucket_bounds, self.gap_max)
+        for index, count in enumerate(counts):
+            if not count:
+                continue
+            total = sums[index]
+            extremes = []
+            if index == lo_index:
+                extremes.append(self.gap_min)
+            if index == hi_index and count > len(extremes):
+                extremes.append(self.gap_max)
+            for value in extremes:
+                replay.append((value, 1))
+                total -= value
+            rest = count - len(extremes)
+            if rest:
+                replay.append((total / rest, rest))
+        return replay
+
+    # --- endings (the first one wins) -------------------------------------------
+    def _settle(self, now: float, outcome: str, reason: Optional[str] = None) -> bool:
+        if self.outcome is not None:
+            return False
+        self.ended_at = now
+        self.outcome = outcome
+        self.reason = reason
+        return True
+
+    def _terminal_outcome(self) -> str:
+        worst = t.OUTCOME_COMPLETED
+        for finish_reason in self.finish_reasons:
+            outcome = outcome_for_finish_reason(finish_reason)
+            if _OUTCOME_SEVERITY.get(outcome, 0) > _OUTCOME_SEVERITY[worst]:
+                worst = outcome
+        return worst
+
+    def end(self, now: float) -> bool:
+        """The stream ended without an exception (StopIteration)."""
+        if self.error_event:
+            return self._settle(now, t.OUTCOME_TRUNCATED, t.REASON_ERROR_EVENT)
+        if self.terminal:
+            return self._settle(now, self._terminal_outcome())
+        # The SDK raises nothing here: the body just stopped.
+        return self._settle(now, t.OUTCOME_TRUNCATED, t.REASON_MISSING_TERMINATOR)
+
+    def fail_stream(self, now: float, exc: BaseException) -> bool:
+        """Reading the stream raised ``exc``."""
+        if not isinstance(exc, Exception):
+            # KeyboardInterrupt, task cancellation, GeneratorExit: the app stopped.
+            return self.abandon(now)
+        if self.terminal and not self.error_event:
+            # Everything arrived; the connection broke afterwards.
+            return self._settle(now, self._terminal_outcome())
+        if self._settle(now, t.OUTCOME_TRUNCATED, truncation_reason(exc)):
+            self.error = exc
+            return True
+        return False
+
+    def abandon(self, now: float) -> bool:
+        """The application closed or dropped the stream before its end."""
+        if self.error_event:
+            return self._settle(now, t.OUTCOME_TRUNCATED, t.REASON_ERROR_EVENT)
+        if self.terminal:
+            return self._settle(now, self._terminal_outcome())
+        return self._settle(now, t.OUTCOME_ABANDONED)
+
+    def fail_request(self, now: float, exc: BaseException) -> bool:
+        """The request itself failed: no stream was returned."""
+        if self._settle(now, t.OUTCOME_FAILED):
+            self.error = exc
+            return True
+        return False

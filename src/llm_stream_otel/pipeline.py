@@ -1,0 +1,79 @@
+"""Everything one instrumentor needs to start a stream's telemetry.
+
+``StreamTelemetry.begin`` runs once per streaming call, before the request
+is sent: it builds the span (linked to the attempt it retries), the
+monitor and the metric attributes, so the per-chunk path has nothing left
+to decide.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from opentelemetry.trace import SpanKind, Tracer
+
+from . import telemetry as t
+from .call import StreamCall
+from .chunks import reader_for
+from .config import CONTENT_CAPTURE_LIMIT, STALL_EVENT_LIMIT, Settings
+from .fingerprint import request_fingerprint
+from .instruments import Instruments
+from .limits import CardinalityLimiter
+from .monitor import StreamMonitor
+from .request import describe_request
+from .retries import RetryTracker
+
+
+class StreamTelemetry:
+    """Tracer, instruments, settings and shared state of one instrumentor."""
+
+    def __init__(self, tracer: Tracer, instruments: Instruments, settings: Settings) -> None:
+        self.tracer = tracer
+        self.instruments = instruments
+        self.settings = settings
+        self.limit_model = CardinalityLimiter(settings.max_attribute_values)
+        self.limit_server = CardinalityLimiter(settings.max_attribute_values)
+        self.retries = RetryTracker(instruments, settings.retry_window)
+
+    def metric_attributes(self, span_attributes: Mapping[str, Any]) -> dict:
+        """The low-cardinality subset of the request attributes, for metrics."""
+        attrs = {
+            t.GEN_AI_OPERATION_NAME: span_attributes[t.GEN_AI_OPERATION_NAME],
+            t.GEN_AI_PROVIDER_NAME: span_attributes[t.GEN_AI_PROVIDER_NAME],
+        }
+        model = span_attributes.get(t.GEN_AI_REQUEST_MODEL)
+        if model:
+            attrs[t.GEN_AI_REQUEST_MODEL] = self.limit_model(model)
+        server = span_attributes.get(t.SERVER_ADDRESS)
+        if server:
+            attrs[t.SERVER_ADDRESS] = self.limit_server(server)
+            port = span_attributes.get(t.SERVER_PORT)
+            if port:
+                attrs[t.SERVER_PORT] = port
+        return attrs
+
+    def begin(self, kind: str, instance: Any, kwargs: Mapping[str, Any]) -> StreamCall:
+        """Start the span and monitor of one streaming call."""
+        request = describe_request(kind, instance, kwargs)
+        metric_attrs = self.metric_attributes(request.span_attributes)
+        now = time.perf_counter()
+        attempt = self.retries.start(request_fingerprint(kind, request.base_url, kwargs), now, metric_attrs)
+        name = f"{request.operation} {request.model}" if request.model else request.operation
+        wall_start_ns = time.time_ns()
+        span = self.tracer.start_span(
+            name,
+            kind=SpanKind.CLIENT,
+            attributes=request.span_attributes,
+            links=attempt.links(),
+            start_time=wall_start_ns,
+        )
+        monitor = StreamMonitor(
+            time.perf_counter(),
+            self.settings.stall_threshold,
+            t.SECONDS_BUCKETS,
+            reader_for(kind),
+            STALL_EVENT_LIMIT,
+            CONTENT_CAPTURE_LIMIT if self.settings.capture_content else 0,
+        )
+        return StreamCall(self, span, monitor, metric_attrs, wall_start_ns, attempt)

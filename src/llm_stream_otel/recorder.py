@@ -1,0 +1,127 @@
+"""Turn a settled StreamMonitor into span attributes, events and metrics.
+
+Runs once per stream (never per chunk), after the monitor has settled.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from opentelemetry.trace import Span, Status, StatusCode
+
+from . import telemetry as t
+from .classify import error_type
+from .instruments import Instruments
+from .monitor import StreamMonitor
+
+_ERROR_OUTCOMES = (t.OUTCOME_TRUNCATED, t.OUTCOME_FAILED)
+
+
+def outcome_error_type(monitor: StreamMonitor) -> Optional[str]:
+    """``error.type`` for a truncated or failed stream, else None."""
+    if monitor.outcome not in _ERROR_OUTCOMES:
+        return None
+    if monitor.error is not None:
+        return error_type(monitor.error)
+    return monitor.reason or t.ERROR_TYPE_OTHER
+
+
+def record_metrics(
+    instruments: Instruments,
+    monitor: StreamMonitor,
+    base: Dict[str, Any],
+    response_model: Optional[str],
+    is_retry: bool,
+) -> None:
+    """Record every per-stream metric of design.md."""
+    attrs = dict(base)
+    if response_model:
+        attrs[t.GEN_AI_RESPONSE_MODEL] = response_model
+    err = outcome_error_type(monitor)
+    if err:
+        attrs[t.ERROR_TYPE] = err
+
+    duration_attrs = dict(attrs)
+    duration_attrs[t.OUTCOME] = monitor.outcome
+    if monitor.duration is not None:
+        instruments.duration.record(monitor.duration, duration_attrs)
+
+    ttfc = monitor.time_to_first_chunk
+    if ttfc is not None:
+        instruments.time_to_first_chunk.record(ttfc, attrs)
+    histogram = instruments.time_per_output_chunk
+    for value, count in monitor.gap_replay():
+        for _ in range(count):
+            histogram.record(value, attrs)
+    if monitor.outcome != t.OUTCOME_FAILED:
+        instruments.chunks.record(monitor.chunks, attrs)
+    if monitor.stalls:
+        instruments.stalls.add(monitor.stalls, attrs)
+    if monitor.input_tokens is not None:
+        instruments.token_usage.record(monitor.input_tokens, {**attrs, t.GEN_AI_TOKEN_TYPE: "input"})
+    if monitor.output_tokens is not None:
+        instruments.token_usage.record(monitor.output_tokens, {**attrs, t.GEN_AI_TOKEN_TYPE: "output"})
+
+    outcome_attrs = dict(attrs)
+    outcome_attrs[t.OUTCOME] = monitor.outcome
+    outcome_attrs[t.IS_RETRY] = is_retry
+    if monitor.reason:
+        outcome_attrs[t.TRUNCATION_REASON] = monitor.reason
+    instruments.outcomes.add(1, outcome_attrs)
+
+
+def annotate_span(
+    span: Span,
+    monitor: StreamMonitor,
+    wall_start_ns: int,
+    capture_content: bool,
+) -> None:
+    """Set the summary attributes, events and status on a stream's span."""
+    if not span.is_recording():
+        return
+    attrs: Dict[str, Any] = {
+        t.OUTCOME: monitor.outcome,
+        t.CHUNKS: monitor.chunks,
+        t.STALL_COUNT: monitor.stalls,
+        t.STALL_THRESHOLD: monitor.stall_threshold,
+    }
+    if monitor.reason:
+        attrs[t.TRUNCATION_REASON] = monitor.reason
+    ttfc = monitor.time_to_first_chunk
+    if ttfc is not None:
+        attrs[t.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
+        attrs[t.TIME_TO_FIRST_CHUNK] = ttfc
+    if monitor.chunks > 1:
+        attrs[t.MAX_GAP] = monitor.gap_max
+    if monitor.response_id:
+        attrs[t.GEN_AI_RESPONSE_ID] = monitor.response_id
+    if monitor.response_model:
+        attrs[t.GEN_AI_RESPONSE_MODEL] = monitor.response_model
+    if monitor.finish_reasons:
+        attrs[t.GEN_AI_RESPONSE_FINISH_REASONS] = list(dict.fromkeys(monitor.finish_reasons))
+    if monitor.input_tokens is not None:
+        attrs[t.GEN_AI_USAGE_INPUT_TOKENS] = monitor.input_tokens
+    if monitor.output_tokens is not None:
+        attrs[t.GEN_AI_USAGE_OUTPUT_TOKENS] = monitor.output_tokens
+    err = outcome_error_type(monitor)
+    if err:
+        attrs[t.ERROR_TYPE] = err
+    span.set_attributes(attrs)
+
+    def at(moment: float) -> int:
+        return wall_start_ns + int((moment - monitor.started_at) * 1e9)
+
+    for moment, gap, index in monitor.stall_events:
+        span.add_event(t.EVENT_STALL, {"llm.stream.gap": gap, "llm.stream.chunk_index": index}, at(moment))
+    if capture_content and monitor.content:
+        span.add_event(t.EVENT_CHUNK, {"gen_ai.completion": "".join(monitor.content)})
+    if monitor.outcome == t.OUTCOME_TRUNCATED:
+        event = {t.TRUNCATION_REASON: monitor.reason or t.REASON_OTHER, t.CHUNKS: monitor.chunks}
+        if err:
+            event[t.ERROR_TYPE] = err
+        span.add_event(t.EVENT_TRUNCATED, event, at(monitor.ended_at or monitor.started_at))
+    if monitor.error is not None:
+        span.record_exception(monitor.error)
+    if monitor.outcome in _ERROR_OUTCOMES:
+        description = f"stream {monitor.outcome}" + (f": {monitor.reason}" if monitor.reason else "")
+        span.set_status(Status(StatusCode.ERROR, description))
