@@ -10,6 +10,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from llm_stream_otel import LLMStreamInstrumentor
 
@@ -32,7 +33,12 @@ class Telemetry:
         return spans[0]
 
     def stream_spans(self) -> List[ReadableSpan]:
-        return [s for s in self.spans() if s.instrumentation_scope.name == "llm_stream_otel"]
+        """Our per-stream spans (kind CLIENT; the resilient helper's parent is INTERNAL)."""
+        return [
+            s
+            for s in self.spans()
+            if s.instrumentation_scope.name == "llm_stream_otel" and s.kind == SpanKind.CLIENT
+        ]
 
     def points(self, name: str) -> List[Any]:
         data = self.reader.get_metrics_data()

@@ -20,7 +20,7 @@ from wrapt import wrap_function_wrapper
 from . import telemetry as t
 from .config import load_settings
 from .instruments import Instruments
-from .pipeline import StreamTelemetry
+from .pipeline import StreamTelemetry, set_active
 from .version import __version__
 from .wrappers import async_wrapper, sync_wrapper
 
@@ -58,6 +58,7 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         meter = metrics.get_meter(t.SCOPE_NAME, __version__, kwargs.get("meter_provider"))
         telemetry = StreamTelemetry(tracer, Instruments(meter), settings)
         self.telemetry = telemetry
+        set_active(telemetry)
         for module_name, class_name, kind, is_async in PATCH_TARGETS:
             self._patch(telemetry, module_name, class_name, kind, is_async)
         from .sdk_retries import patch_sdk_retries
@@ -80,6 +81,7 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             owner, name = self._patched.pop()
             unwrap(owner, name)
         self.telemetry = None
+        set_active(None)
 
     @property
     def patched_methods(self) -> List[str]:

@@ -25,6 +25,21 @@ from .request import describe_request
 from .retries import RetryTracker
 
 
+# The telemetry of the instrumentor that is active now, if any: the resilient
+# helper records its parent span with the same tracer as the attempts.
+_active: "list[StreamTelemetry]" = []
+
+
+def active_telemetry() -> "StreamTelemetry | None":
+    return _active[-1] if _active else None
+
+
+def set_active(telemetry: "StreamTelemetry | None") -> None:
+    _active.clear()
+    if telemetry is not None:
+        _active.append(telemetry)
+
+
 class StreamTelemetry:
     """Tracer, instruments, settings and shared state of one instrumentor."""
 

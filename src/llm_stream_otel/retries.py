@@ -19,7 +19,7 @@ import contextvars
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from opentelemetry.trace import Link, Span, SpanContext
 
@@ -28,10 +28,11 @@ from .instruments import Instruments
 
 DEFAULT_TABLE_SIZE = 10_000
 
-# Set by the resilient helper around each attempt it makes, so the tracker
-# attributes the repeat to the helper layer instead of the application.
-retry_layer_override: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar(
-    "llm_stream_otel_retry_layer", default=None
+# Set by the resilient helper around each attempt it makes: the key of its
+# chain of attempts (a "continue" attempt is a different request, so the
+# request fingerprint alone would not recognise it) and the helper layer.
+chain_override: "contextvars.ContextVar[Optional[Tuple[bytes, str]]]" = contextvars.ContextVar(
+    "llm_stream_otel_chain", default=None
 )
 
 _FAILURES = (t.OUTCOME_TRUNCATED, t.OUTCOME_FAILED)
@@ -91,6 +92,10 @@ class RetryTracker:
 
     def start(self, fingerprint: Optional[bytes], now: float, metric_attributes: dict) -> Attempt:
         """A new attempt begins: is it a repeat of a cut or failed one?"""
+        override = chain_override.get()
+        layer = t.RETRY_LAYER_APPLICATION
+        if override is not None:
+            fingerprint, layer = override
         chain = None
         if fingerprint is not None:
             with self._lock:
@@ -98,7 +103,6 @@ class RetryTracker:
                 chain = self._chains.get(fingerprint)
         if chain is None:
             return Attempt(fingerprint, 1, False, None, None, now)
-        layer = retry_layer_override.get() or t.RETRY_LAYER_APPLICATION
         self._instruments.retries.add(1, {**metric_attributes, t.RETRY_LAYER: layer})
         return Attempt(fingerprint, chain.attempts + 1, True, layer, chain.last_span, now, chain.first_truncated)
 
