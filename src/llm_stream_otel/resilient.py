@@ -1,0 +1,319 @@
+"""The opt-in resilient stream: the well-known fix (retry a cut stream with
+exponential backoff), done properly and instrumented.
+
+    from llm_stream_otel.resilient import resilient_stream
+    for chunk in resilient_stream(client.chat.completions.create, model=..., messages=...):
+        ...
+
+- Retries only transient cuts (reset, incomplete read, read timeout, error
+  event, missing terminator) and requests that failed with a connection
+  error, a timeout, 408/409/429 or 5xx; never ``length``,
+  ``content_filter`` or another 4xx.
+- Exponential backoff with jitter, a maximum number of attempts and a total
+  deadline.
+- ``mode="restart"`` starts a fresh stream (``on_restart`` tells the UI to
+  discard what it showed); ``mode="continue"`` (chat completions) asks the
+  model to continue from the partial text already delivered, so the
+  consumer only receives the missing part.
+- When it gives up it re-raises the last underlying exception unchanged, or
+  raises ``StreamTruncatedError`` for a cut that raised nothing.
+- With the instrumentor active, every attempt is a child span of one
+  ``resilient`` span, repeats count as ``llm.stream.retries{layer="helper"}``
+  and a success after a cut counts one recovery.
+
+The retry decisions live in ``ResilientRun`` (no I/O); the sync and async
+generators are thin loops around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import telemetry as t
+from .chunks import read_choices_chunk, read_response_event
+from .monitor import StreamMonitor
+from .pipeline import active_telemetry
+from .retries import chain_override
+from .version import __version__
+
+TRANSIENT_REASONS = frozenset(
+    {
+        t.REASON_CONNECTION_RESET,
+        t.REASON_INCOMPLETE_READ,
+        t.REASON_READ_TIMEOUT,
+        t.REASON_ERROR_EVENT,
+        t.REASON_MISSING_TERMINATOR,
+    }
+)
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+CONTINUE_PROMPT = "Continue exactly where your previous message stopped. Do not repeat any of it."
+
+
+class StreamTruncatedError(Exception):
+    """The stream was cut every time and the cut raised no exception of its own
+    (e.g. ``missing_terminator``); ``reason`` says how the last attempt ended."""
+
+    def __init__(self, reason: str, attempts: int) -> None:
+        super().__init__(f"stream truncated ({reason}) after {attempts} attempt(s)")
+        self.reason = reason
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try. Delays: ``initial_backoff * 2**(n-1)`` capped at
+    ``max_backoff``, times a random factor in [0.5, 1] when ``jitter``."""
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.5
+    max_backoff: float = 8.0
+    deadline: float = 120.0
+    jitter: bool = True
+    mode: str = "restart"
+    continue_prompt: str = CONTINUE_PROMPT
+
+    def backoff(self, retry_number: int, rng: random.Random) -> float:
+        delay = min(self.max_backoff, self.initial_backoff * (2 ** (retry_number - 1)))
+        return delay * rng.uniform(0.5, 1.0) if self.jitter else delay
+
+
+def _retryable_request_failure(exc: BaseException) -> bool:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status in _RETRYABLE_STATUS
+    names = {klass.__name__ for klass in type(exc).__mro__}
+    return bool(names & {"APIConnectionError", "APITimeoutError", "ConnectError", "ConnectTimeout"}) or isinstance(
+        exc, (ConnectionError, TimeoutError)
+    )
+
+
+class ResilientRun:
+    """The decisions of one resilient call: what to send, whether to retry,
+    how long to wait. Knows nothing of sync vs async."""
+
+    def __init__(
+        self,
+        create: Callable[..., Any],
+        kwargs: Dict[str, Any],
+        policy: RetryPolicy,
+        on_restart: Optional[Callable[[int, str], None]] = None,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        if policy.mode not in ("restart", "continue"):
+            raise ValueError("mode must be 'restart' or 'continue'")
+        if policy.mode == "continue" and "messages" not in kwargs:
+            raise ValueError("mode='continue' needs chat completions (a 'messages' argument)")
+        kwargs = dict(kwargs)
+        kwargs["stream"] = True
+        self.create = create
+        self.kwargs = kwargs
+        self.policy = policy
+        self.on_restart = on_restart
+        self.rng = rng or random.Random()
+        self.chain_key = os.urandom(16)
+        self.attempt = 0
+        self.started = time.monotonic()
+        self.delays: List[float] = []
+        self.delivered: List[str] = []
+        self.monitor: Optional[StreamMonitor] = None
+        self._reader = read_response_event if "input" in kwargs and "messages" not in kwargs else read_choices_chunk
+        active = active_telemetry()
+        tracer = active.tracer if active is not None else trace.get_tracer(t.SCOPE_NAME, __version__)
+        self.span = tracer.start_span(
+            f"resilient {kwargs.get('model', '')}".strip(), kind=SpanKind.INTERNAL
+        )
+
+    # --- one attempt ---------------------------------------------------------
+    def next_request(self) -> Dict[str, Any]:
+        self.attempt += 1
+        self.monitor = StreamMonitor(time.perf_counter(), float("inf"), reader=self._reader)
+        if self.policy.mode == "continue" and self.delivered:
+            partial = "".join(self.delivered)
+            messages = list(self.kwargs["messages"]) + [
+                {"role": "assistant", "content": partial},
+                {"role": "user", "content": self.policy.continue_prompt},
+            ]
+            return {**self.kwargs, "messages": messages}
+        return dict(self.kwargs)
+
+    def attempt_context(self) -> Any:
+        """Around ``create``: the attempt is a child of our span, in our chain."""
+        return _AttemptContext(self)
+
+    def observe(self, chunk: Any) -> None:
+        assert self.monitor is not None
+        self.monitor.chunk(time.perf_counter(), chunk)
+        if self.policy.mode == "continue":
+            for choice in getattr(chunk, "choices", None) or ():
+                delta = getattr(choice, "delta", None)
+                text = getattr(delta, "content", None)
+                if choice.index == 0 and isinstance(text, str):
+                    self.delivered.append(text)
+
+    # --- after an attempt: None = done, a float = sleep then retry ------------
+    def ended(self) -> Optional[float]:
+        monitor = self.monitor
+        assert monitor is not None
+        monitor.end(time.perf_counter())
+        if monitor.outcome != t.OUTCOME_TRUNCATED:
+            self.finish(None)
+            return None
+        return self._retry_or_give_up(monitor.reason or t.REASON_OTHER, None)
+
+    def failed(self, exc: BaseException) -> float:
+        monitor = self.monitor
+        assert monitor is not None
+        now = time.perf_counter()
+        if monitor.chunks == 0 and not _retryable_request_failure(exc) and not isinstance(exc, StopIteration):
+            monitor.fail_request(now, exc)
+            reason = "request_failed"
+            retryable = False
+        else:
+            monitor.fail_stream(now, exc)
+            reason = monitor.reason or t.REASON_OTHER
+            retryable = reason in TRANSIENT_REASONS or (monitor.chunks == 0 and _retryable_request_failure(exc))
+        delay = self._retry_or_give_up(reason, exc) if retryable else None
+        if delay is None:
+            self.finish(exc)
+            raise exc
+        return delay
+
+    def _retry_or_give_up(self, reason: str, exc: Optional[BaseException]) -> Optional[float]:
+        policy = self.policy
+        if reason not in TRANSIENT_REASONS and exc is None:
+            self.finish(None)
+            return None
+        if self.attempt < policy.max_attempts:
+            delay = policy.backoff(self.attempt, self.rng)
+            if time.monotonic() - self.started + delay <= policy.deadline:
+                self.delays.append(delay)
+                self.span.add_event("llm.stream.retry", {t.ATTEMPT: self.attempt, t.TRUNCATION_REASON: reason, "llm.stream.backoff": delay})
+                if policy.mode == "restart" and self.on_restart is not None:
+                    self.on_restart(self.attempt + 1, reason)
+                return delay
+        if exc is None:
+            error = StreamTruncatedError(reason, self.attempt)
+            self.finish(error)
+            raise error
+        return None
+
+    def finish(self, exc: Optional[BaseException]) -> None:
+        span = self.span
+        if not span.is_recording():
+            return
+        outcome = self.monitor.outcome if self.monitor is not None else None
+        span.set_attribute(t.ATTEMPT, self.attempt)
+        span.set_attribute(t.OUTCOME, outcome or t.OUTCOME_ABANDONED)
+        if self.attempt > 1 and exc is None and outcome in (t.OUTCOME_COMPLETED, t.OUTCOME_LENGTH, t.OUTCOME_CONTENT_FILTER):
+            span.set_attribute(t.RECOVERED_AFTER_ATTEMPTS, self.attempt)
+        if exc is not None:
+            span.set_attribute(t.ERROR_TYPE, type(exc).__qualname__)
+            span.set_status(Status(StatusCode.ERROR, f"gave up after {self.attempt} attempt(s)"))
+        span.end()
+
+    def abandon(self) -> None:
+        """The consumer stopped early (generator closed)."""
+        if self.span.is_recording():
+            self.span.set_attribute(t.ATTEMPT, self.attempt)
+            self.span.set_attribute(t.OUTCOME, t.OUTCOME_ABANDONED)
+            self.span.end()
+
+
+class _AttemptContext:
+    def __init__(self, run: ResilientRun) -> None:
+        self._run = run
+        self._tokens: List[Any] = []
+
+    def __enter__(self) -> None:
+        self._span_cm = trace.use_span(self._run.span, end_on_exit=False)
+        self._span_cm.__enter__()
+        self._token = chain_override.set((self._run.chain_key, t.RETRY_LAYER_HELPER))
+
+    def __exit__(self, *exc: Any) -> None:
+        chain_override.reset(self._token)
+        self._span_cm.__exit__(*exc)
+
+
+def _close_quietly(stream: Any) -> Any:
+    close = getattr(stream, "close", None)
+    return close() if callable(close) else None
+
+
+def resilient_stream(
+    create: Callable[..., Any],
+    *,
+    policy: Optional[RetryPolicy] = None,
+    on_restart: Optional[Callable[[int, str], None]] = None,
+    **kwargs: Any,
+) -> Iterator[Any]:
+    """Stream ``create(**kwargs, stream=True)``, retrying cuts. A generator of chunks."""
+    run = ResilientRun(create, kwargs, policy or RetryPolicy(), on_restart)
+    return _sync_loop(run)
+
+
+def _sync_loop(run: ResilientRun) -> Iterator[Any]:
+    stream = None
+    try:
+        while True:
+            request = run.next_request()
+            try:
+                with run.attempt_context():
+                    stream = run.create(**request)
+                for chunk in stream:
+                    run.observe(chunk)
+                    yield chunk
+                delay = run.ended()
+            except Exception as exc:  # noqa: BLE001 - re-raised by failed() unless retried
+                delay = run.failed(exc)
+            if delay is None:
+                return
+            time.sleep(delay)
+    except GeneratorExit:
+        if stream is not None:
+            _close_quietly(stream)
+        run.abandon()
+        raise
+
+
+def aresilient_stream(
+    create: Callable[..., Any],
+    *,
+    policy: Optional[RetryPolicy] = None,
+    on_restart: Optional[Callable[[int, str], None]] = None,
+    **kwargs: Any,
+) -> AsyncIterator[Any]:
+    """Async twin of ``resilient_stream`` for ``AsyncOpenAI`` clients."""
+    run = ResilientRun(create, kwargs, policy or RetryPolicy(), on_restart)
+    return _async_loop(run)
+
+
+async def _async_loop(run: ResilientRun) -> AsyncIterator[Any]:
+    stream = None
+    try:
+        while True:
+            request = run.next_request()
+            try:
+                with run.attempt_context():
+                    stream = await run.create(**request)
+                async for chunk in stream:
+                    run.observe(chunk)
+                    yield chunk
+                delay = run.ended()
+            except Exception as exc:  # noqa: BLE001 - re-raised by failed() unless retried
+                delay = run.failed(exc)
+            if delay is None:
+                return
+            await asyncio.sleep(delay)
+    except GeneratorExit:
+        if stream is not None:
+            await _close_quietly(stream)
+        run.abandon()
+        raise
