@@ -1,0 +1,131 @@
+"""The demo's traffic: realistic ways an app streams, and how streams break.
+
+Each scenario is one *logical call* an application makes: a plain stream, a
+stream cut in a particular way, the seed knowledge-base's retry loop, or the
+resilient helper. Faults are asked of the embedded server per request with
+the ``X-Fault`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
+
+import openai
+
+from ..resilient import RetryPolicy, aresilient_stream, resilient_stream
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    weight: float
+    endpoint: str  # chat | responses | completions
+    fault: str
+    style: str  # plain | app_retry | resilient_restart | resilient_continue
+    is_async: bool = False
+    max_retries: int = 0
+
+
+SCENARIOS: Tuple[Scenario, ...] = (
+    Scenario("chat, healthy", 14, "chat", "none", "plain"),
+    Scenario("chat, healthy (async)", 10, "chat", "none", "plain", is_async=True),
+    Scenario("responses, healthy", 6, "responses", "none", "plain"),
+    Scenario("responses, healthy (async)", 4, "responses", "none", "plain", is_async=True),
+    Scenario("legacy completions, healthy", 2, "completions", "none", "plain"),
+    Scenario("chat, usage chunk", 4, "chat", "none;usage=1", "plain"),
+    Scenario("chat, token limit", 3, "chat", "length", "plain"),
+    Scenario("chat, content filter", 1, "chat", "content_filter", "plain"),
+    Scenario("chat, slow first chunk", 3, "chat", "none;first_delay=0.8", "plain"),
+    Scenario("chat, stalled mid-stream", 4, "chat", "stall;seconds=1.2", "plain", is_async=True),
+    Scenario("chat, socket reset (app gives up)", 3, "chat", "reset_mid_chunk", "plain"),
+    Scenario("chat, body cut mid-chunk (async)", 3, "chat", "cut_mid_chunk", "plain", is_async=True),
+    Scenario("chat, silent truncation", 5, "chat", "missing_terminator", "plain"),
+    Scenario("responses, error event", 2, "responses", "error_event", "plain"),
+    Scenario("chat, HTTP 500 then ok (SDK retries)", 3, "chat", "http_500;first=1", "plain", max_retries=2),
+    Scenario("chat, cut once, app retry loop", 6, "chat", "reset_between;first=1", "app_retry"),
+    Scenario("chat, cut twice, app retry loop", 3, "chat", "cut_mid_chunk;first=2", "app_retry"),
+    Scenario("chat, always cut, app retry loop", 2, "chat", "reset_between", "app_retry"),
+    Scenario("resilient helper, restart", 4, "chat", "reset_mid_chunk;first=1", "resilient_restart", is_async=True),
+    Scenario("resilient helper, continue", 4, "chat", "cut_mid_chunk;first=1", "resilient_continue"),
+)
+
+_FAST_POLICY = dict(initial_backoff=0.05, max_backoff=0.4, max_attempts=4)
+
+
+def _kwargs(scenario: Scenario, prompt: str) -> dict:
+    common = dict(model="gpt-demo-mini" if "responses" not in scenario.name else "gpt-demo", extra_headers={"X-Fault": scenario.fault})
+    if scenario.endpoint == "chat":
+        common["messages"] = [{"role": "user", "content": prompt}]
+        if "usage" in scenario.fault:
+            common["stream_options"] = {"include_usage": True}
+    elif scenario.endpoint == "responses":
+        common["input"] = prompt
+    else:
+        common["prompt"] = prompt
+    return common
+
+
+def _create(client: Any, endpoint: str) -> Callable[..., Any]:
+    return {"chat": client.chat.completions, "responses": client.responses, "completions": client.completions}[
+        endpoint
+    ].create
+
+
+def run_sync(scenario: Scenario, base_url: str, prompt: str) -> str:
+    """Run one logical call; return what the app experienced, in a few words."""
+    with openai.OpenAI(base_url=base_url, api_key="sk-demo-not-a-real-key", max_retries=scenario.max_retries) as client:
+        create = _create(client, scenario.endpoint)
+        kwargs = _kwargs(scenario, prompt)
+        if scenario.style.startswith("resilient"):
+            policy = RetryPolicy(mode=scenario.style.split("_")[1], **_FAST_POLICY)
+            try:
+                for _ in resilient_stream(create, policy=policy, **kwargs):
+                    pass
+                return "ok"
+            except Exception as exc:  # noqa: BLE001 - the demo reports, never crashes
+                return f"gave up: {type(exc).__name__}"
+        attempts = 3 if scenario.style == "app_retry" else 1
+        outcome = ""
+        for attempt in range(attempts):
+            try:
+                for _ in create(stream=True, **kwargs):
+                    pass
+                return "ok"
+            except Exception as exc:  # noqa: BLE001
+                outcome = f"error: {type(exc).__name__}"
+                time.sleep(0.05 * 2**attempt)
+        return outcome
+
+
+async def run_async(scenario: Scenario, base_url: str, prompt: str) -> str:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-demo-not-a-real-key", max_retries=scenario.max_retries)
+    try:
+        create = _create(client, scenario.endpoint)
+        kwargs = _kwargs(scenario, prompt)
+        try:
+            if scenario.style.startswith("resilient"):
+                policy = RetryPolicy(mode=scenario.style.split("_")[1], **_FAST_POLICY)
+                async for _ in aresilient_stream(create, policy=policy, **kwargs):
+                    pass
+            else:
+                async for _ in await create(stream=True, **kwargs):
+                    pass
+            return "ok"
+        except Exception as exc:  # noqa: BLE001
+            return f"error: {type(exc).__name__}"
+    finally:
+        await client.close()
+
+
+def run_scenario(scenario: Scenario, base_url: str, prompt: str) -> str:
+    if scenario.is_async:
+        return asyncio.run(run_async(scenario, base_url, prompt))
+    return run_sync(scenario, base_url, prompt)
+
+
+def pick(rng: Any, scenarios: Optional[List[Scenario]] = None) -> Scenario:
+    pool = list(scenarios or SCENARIOS)
+    return rng.choices(pool, weights=[s.weight for s in pool], k=1)[0]

@@ -1,0 +1,85 @@
+"""``llm-stream-otel doctor``: is the instrumentation going to work here?"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from importlib import metadata
+from typing import List, Tuple
+
+from .config import (
+    ENV_CAPTURE_CONTENT,
+    ENV_MAX_ATTRIBUTE_VALUES,
+    ENV_RETRY_WINDOW,
+    ENV_STALL_THRESHOLD,
+    load_settings,
+)
+
+_PACKAGES = (
+    "llm-stream-otel",
+    "openai",
+    "httpx",
+    "httpx2",
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation",
+    "opentelemetry-semantic-conventions",
+    "opentelemetry-instrumentation-openai-v2",
+    "opentelemetry-instrumentation-httpx",
+    "wrapt",
+)
+_ENV = {
+    "stall_threshold": ENV_STALL_THRESHOLD,
+    "retry_window": ENV_RETRY_WINDOW,
+    "capture_content": ENV_CAPTURE_CONTENT,
+    "max_attribute_values": ENV_MAX_ATTRIBUTE_VALUES,
+}
+
+
+def versions() -> List[Tuple[str, str]]:
+    found = []
+    for name in _PACKAGES:
+        try:
+            found.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            found.append((name, "not installed"))
+    return found
+
+
+def entry_point() -> str:
+    for ep in metadata.entry_points(group="opentelemetry_instrumentor"):
+        if ep.name == "llm_stream":
+            return f"{ep.name} = {ep.value}"
+    return "NOT FOUND (is the package installed with pip, not just on PYTHONPATH?)"
+
+
+def patched_methods() -> List[str]:
+    """What instrument() patches in this environment (tried with no-op providers, then undone)."""
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from .instrumentor import LLMStreamInstrumentor
+
+    instrumentor = LLMStreamInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        return instrumentor.patched_methods
+    instrumentor.instrument(tracer_provider=NoOpTracerProvider(), meter_provider=NoOpMeterProvider())
+    try:
+        return instrumentor.patched_methods
+    finally:
+        instrumentor.uninstrument()
+
+
+def report() -> str:
+    lines = ["versions:"]
+    lines += [f"  {name:40s} {version}" for name, version in versions()]
+    lines += ["", f"entry point (opentelemetry_instrumentor): {entry_point()}", "", "patched by instrument():"]
+    try:
+        methods = patched_methods()
+        lines += [f"  {m}" for m in methods] or ["  nothing (is openai installed?)"]
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
+        lines.append(f"  could not instrument: {type(exc).__name__}: {exc}")
+    lines += ["", "effective configuration (environment, defaults for bad values):"]
+    for key, value in asdict(load_settings()).items():
+        env = _ENV.get(key, "")
+        lines.append(f"  {key:22s} {value!s:10s} {env}")
+    return "\n".join(lines)

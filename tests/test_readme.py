@@ -1,0 +1,79 @@
+"""The README stays true: its names exist in the code, its commands run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from llm_stream_otel import config
+from llm_stream_otel import telemetry as t
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def section(name: str) -> str:
+    start = README.index(f"\n## {name}\n")
+    end = README.find("\n## ", start + 4)
+    return README[start:end]
+
+
+def between(marker: str) -> str:
+    return README.split(f"<!-- {marker}:begin -->", 1)[1].split(f"<!-- {marker}:end -->", 1)[0]
+
+
+def code(block: str) -> str:
+    return re.search(r"```\w*\n(.*?)```", block, re.S).group(1)
+
+
+def test_every_metric_in_the_readme_is_emitted_and_every_emitted_metric_is_documented():
+    rows = [line for line in section("Metrics").splitlines() if line.startswith("| `")]
+    documented = {re.findall(r"`([^`]+)`", row)[0]: re.findall(r"`([^`]+)`", row)[1] for row in rows}
+    assert set(documented) == set(t.METRICS)
+    from llm_stream_otel.dashboards.names import METRICS as PROMETHEUS
+
+    assert documented == {name: PROMETHEUS[name] for name in documented}
+
+
+def test_every_configuration_variable_is_real():
+    documented = set(re.findall(r"`(OTEL_INSTRUMENTATION_[A-Z_]+)`", section("Configuration")))
+    assert documented == {
+        config.ENV_STALL_THRESHOLD,
+        config.ENV_RETRY_WINDOW,
+        config.ENV_CAPTURE_CONTENT,
+        config.ENV_MAX_ATTRIBUTE_VALUES,
+    }
+
+
+def test_outcomes_and_reasons_match_the_code():
+    text = section("Outcomes and truncation reasons")
+    assert set(re.findall(r"^\| `([a-z_]+)` \|", text, re.M)) == set(t.OUTCOMES) | set(t.TRUNCATION_REASONS)
+
+
+def test_first_lines_give_the_two_commands():
+    first = code(README)
+    install_demo, tests = [line for line in first.splitlines() if line.strip()]
+    assert '.venv/bin/pip install ".[demo]"' in install_demo and "llm-stream-otel demo" in install_demo
+    assert tests.split("#")[0].strip() == "bash .ci/run"
+    assert "demo = [" in (ROOT / "pyproject.toml").read_text()
+    assert "pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_quickstart_runs(server, tmp_path):
+    """Run the README's app under the README's opentelemetry-instrument command."""
+    (tmp_path / "app.py").write_text(code(between("app")))
+    command = [line for line in code(between("quickstart")).splitlines() if line.startswith("opentelemetry-instrument")][0]
+    args = command.split()
+    args[0] = shutil.which("opentelemetry-instrument", path=os.path.dirname(sys.executable))
+    args[args.index("python")] = sys.executable
+    env = dict(os.environ, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-readme-SECRET", OTEL_SERVICE_NAME="readme-app")
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '"name": "chat gpt-4o-mini"' in result.stdout
+    assert '"llm.stream.outcome": "completed"' in result.stdout
+    assert '"name": "llm.stream.outcomes"' in result.stdout
+    assert "sk-readme-SECRET" not in result.stdout + result.stderr
