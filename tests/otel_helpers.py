@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from llm_stream_otel import LLMStreamInstrumentor
+from llm_stream_otel.demo.summary import metric_points
 
 
 @dataclass
@@ -41,16 +42,7 @@ class Telemetry:
         ]
 
     def points(self, name: str) -> List[Any]:
-        data = self.reader.get_metrics_data()
-        found = []
-        if data is None:
-            return found
-        for resource_metrics in data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    if metric.name == name:
-                        found.extend(metric.data.data_points)
-        return found
+        return list(metric_points(self.reader.get_metrics_data(), name))
 
     def total(self, name: str, **match: Any) -> float:
         """Sum of a counter (or count of a histogram) over points matching attributes."""

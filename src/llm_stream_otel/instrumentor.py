@@ -22,7 +22,7 @@ from .config import load_settings
 from .instruments import Instruments
 from .pipeline import StreamTelemetry, set_active
 from .version import __version__
-from .wrappers import async_wrapper, sync_wrapper
+from .wrappers import method_wrapper
 
 _logger = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         except (ImportError, AttributeError):
             _logger.debug("llm_stream_otel: %s.%s not in this openai version; skipped", module_name, class_name)
             return
-        factory = async_wrapper if is_async else sync_wrapper
-        wrap_function_wrapper(owner, "create", factory(telemetry, kind))
+        wrap_function_wrapper(owner, "create", method_wrapper(telemetry, kind, is_async))
         self._patched.append((owner, "create"))
 
     def _uninstrument(self, **kwargs: Any) -> None:

@@ -255,8 +255,7 @@ def resilient_stream(
     **kwargs: Any,
 ) -> Iterator[Any]:
     """Stream ``create(**kwargs, stream=True)``, retrying cuts. A generator of chunks."""
-    run = ResilientRun(create, kwargs, policy or RetryPolicy(), on_restart)
-    return _sync_loop(run)
+    return _sync_loop(ResilientRun(create, kwargs, policy or RetryPolicy(), on_restart))
 
 
 def _sync_loop(run: ResilientRun) -> Iterator[Any]:
@@ -283,16 +282,11 @@ def _sync_loop(run: ResilientRun) -> Iterator[Any]:
         raise
 
 
-def aresilient_stream(
-    create: Callable[..., Any],
-    *,
-    policy: Optional[RetryPolicy] = None,
-    on_restart: Optional[Callable[[int, str], None]] = None,
-    **kwargs: Any,
-) -> AsyncIterator[Any]:
-    """Async twin of ``resilient_stream`` for ``AsyncOpenAI`` clients."""
-    run = ResilientRun(create, kwargs, policy or RetryPolicy(), on_restart)
-    return _async_loop(run)
+def aresilient_stream(create: Callable[..., Any], **options: Any) -> AsyncIterator[Any]:
+    """Async twin of ``resilient_stream`` for ``AsyncOpenAI`` clients (same arguments)."""
+    policy = options.pop("policy", None)
+    on_restart = options.pop("on_restart", None)
+    return _async_loop(ResilientRun(create, options, policy or RetryPolicy(), on_restart))
 
 
 async def _async_loop(run: ResilientRun) -> AsyncIterator[Any]:

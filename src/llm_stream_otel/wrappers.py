@@ -43,37 +43,17 @@ def _wrap_result(result: Any, call: StreamCall) -> Any:
         return result
 
 
-def sync_wrapper(telemetry: StreamTelemetry, kind: str) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-        if not _wants_stream(kwargs):
-            return wrapped(*args, **kwargs)
-        call = _begin(telemetry, kind, instance, kwargs)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        with call.activated():
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                call.request_failed(exc)
-                raise
-        return _wrap_result(result, call)
-
-    return wrapper
+def _send(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    with call.activated():
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.request_failed(exc)
+            raise
+    return _wrap_result(result, call)
 
 
-def async_wrapper(telemetry: StreamTelemetry, kind: str) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-        if not _wants_stream(kwargs):
-            return wrapped(*args, **kwargs)
-        call = _begin(telemetry, kind, instance, kwargs)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        return _await_stream(call, wrapped, args, kwargs)
-
-    return wrapper
-
-
-async def _await_stream(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+async def _send_async(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     with call.activated():
         try:
             result = await wrapped(*args, **kwargs)
@@ -81,3 +61,18 @@ async def _await_stream(call: StreamCall, wrapped: Callable[..., Any], args: tup
             call.request_failed(exc)
             raise
     return _wrap_result(result, call)
+
+
+def method_wrapper(telemetry: StreamTelemetry, kind: str, is_async: bool) -> Callable[..., Any]:
+    """The wrapt wrapper for one ``create`` method (``kind``: chat, responses, completions)."""
+    send = _send_async if is_async else _send
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+        if not _wants_stream(kwargs):
+            return wrapped(*args, **kwargs)
+        call = _begin(telemetry, kind, instance, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        return send(call, wrapped, args, kwargs)
+
+    return wrapper

@@ -46,7 +46,7 @@ class Summary:
         return ordered[index]
 
 
-def _metric_points(metrics_data: Any, name: str) -> Iterable[Any]:
+def metric_points(metrics_data: Any, name: str) -> Iterable[Any]:
     if metrics_data is None:
         return []
     points: List[Any] = []
@@ -72,14 +72,14 @@ def summarize(spans: Iterable[Any], metrics_data: Any) -> Summary:
         if attrs.get(t.TIME_TO_FIRST_CHUNK) is not None:
             summary.ttfc.append(float(attrs[t.TIME_TO_FIRST_CHUNK]))
     summary.outcomes = dict(outcomes)
-    for point in _metric_points(metrics_data, t.METRIC_OUTCOMES):
+    for point in metric_points(metrics_data, t.METRIC_OUTCOMES):
         attrs = point.attributes
         if attrs.get(t.OUTCOME) == t.OUTCOME_TRUNCATED and not attrs.get(t.IS_RETRY):
             summary.truncated_first_attempts += int(point.value)
-    summary.recoveries = int(sum(p.value for p in _metric_points(metrics_data, t.METRIC_RECOVERIES)))
-    summary.stalls = int(sum(p.value for p in _metric_points(metrics_data, t.METRIC_STALLS)))
+    summary.recoveries = int(sum(p.value for p in metric_points(metrics_data, t.METRIC_RECOVERIES)))
+    summary.stalls = int(sum(p.value for p in metric_points(metrics_data, t.METRIC_STALLS)))
     retries: Counter = Counter()
-    for point in _metric_points(metrics_data, t.METRIC_RETRIES):
+    for point in metric_points(metrics_data, t.METRIC_RETRIES):
         retries[point.attributes.get(t.RETRY_LAYER, "?")] += int(point.value)
     summary.retries = dict(retries)
     return summary
