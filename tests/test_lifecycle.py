@@ -4,6 +4,7 @@ sees exactly what it would see without us."""
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 
 import openai
@@ -247,6 +248,8 @@ def test_uninstrument_restores_every_original(telemetry):
 def test_broken_monitor_never_reaches_the_app(instrumented, client, caplog):
     from llm_stream_otel.monitor import StreamMonitor
 
+    # logged at WARNING the first time in a process, at DEBUG after that
+    caplog.set_level(logging.DEBUG, logger="llm_stream_otel")
     original = StreamMonitor.chunk
 
     def broken(self, now, chunk):

@@ -26,7 +26,10 @@ def read_choices_chunk(monitor: StreamMonitor, chunk: Any) -> None:
                 monitor.saw_choice(choice.index)
             if monitor.content is not None:
                 _capture_choice_text(monitor, choice)
-    usage = getattr(chunk, "usage", None)
+    try:
+        usage = chunk.usage  # a plain read: getattr() with a default costs more, per chunk
+    except AttributeError:  # chunk types of SDKs older than the usage chunk
+        usage = None
     if usage is not None:
         monitor.input_tokens = getattr(usage, "prompt_tokens", None)
         monitor.output_tokens = getattr(usage, "completion_tokens", None)

@@ -10,6 +10,7 @@ operations and one ``bisect`` per chunk, state of constant size.
 from __future__ import annotations
 
 from bisect import bisect_left
+from math import nextafter
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import telemetry as t
@@ -18,6 +19,8 @@ from .classify import outcome_for_finish_reason, truncation_reason
 ChunkReader = Callable[["StreamMonitor", Any], None]
 
 # When choices end with different reasons (n > 1), the most severe wins.
+_INF = float("inf")
+
 _OUTCOME_SEVERITY = {t.OUTCOME_COMPLETED: 0, t.OUTCOME_LENGTH: 1, t.OUTCOME_CONTENT_FILTER: 2}
 
 
@@ -36,13 +39,12 @@ class StreamMonitor:
         "first_at",
         "last_at",
         "ended_at",
-        "chunks",
         "max_gap",
         "stalls",
         "stall_events",
         "stall_event_limit",
         "gap_counts",
-        "gap_sums",
+        "first_bound",
         "gap_min",
         "gap_max",
         "finish_reasons",
@@ -76,16 +78,17 @@ class StreamMonitor:
         self.first_at: Optional[float] = None
         self.last_at: Optional[float] = None
         self.ended_at: Optional[float] = None
-        self.chunks = 0
         self.max_gap = 0.0
         self.stalls = 0
         self.stall_events: List[Tuple[float, float, int]] = []
         self.stall_event_limit = stall_event_limit
-        # Gaps are aggregated in-stream, per histogram bucket, so the metric
-        # SDK is called once per stream rather than once per chunk.
-        self.gap_counts: Optional[List[int]] = None
-        self.gap_sums: Optional[List[float]] = None
-        self.gap_min = 0.0
+        # Gaps are aggregated in-stream: a count per histogram bucket and the
+        # exact min and max (their sum is last_at - first_at), so the metric
+        # SDK is called once per stream rather than once per chunk. The chunk
+        # count is the gap count + 1. O(buckets), independent of the chunk count.
+        self.gap_counts: List[int] = [0] * (len(bucket_bounds) + 1)
+        self.first_bound = bucket_bounds[0] if len(bucket_bounds) else _INF
+        self.gap_min = _INF
         self.gap_max = 0.0
         self.finish_reasons: List[str] = []
         self.finished_choices = 0
@@ -104,25 +107,24 @@ class StreamMonitor:
     # --- the hot path -------------------------------------------------------
     def chunk(self, now: float, chunk: Any) -> None:
         """One chunk arrived at ``now`` (seconds, monotonic)."""
+        # Runs once per chunk of every stream (see bench/overhead.py for what
+        # each line costs): slot reads/writes and float compares, which the
+        # interpreter specialises; the C-level bisect only for gaps past the
+        # first bucket boundary.
         last = self.last_at
         self.last_at = now
-        self.chunks += 1
         if last is None:
             self.first_at = now
         else:
             gap = now - last
-            counts = self.gap_counts
-            if counts is None:
-                counts = self.gap_counts = [0] * (len(self.bucket_bounds) + 1)
-                self.gap_sums = [0.0] * (len(self.bucket_bounds) + 1)
-                self.gap_min = self.gap_max = gap
-            elif gap < self.gap_min:
-                self.gap_min = gap
-            elif gap > self.gap_max:
+            if gap <= self.first_bound:
+                self.gap_counts[0] += 1
+            else:
+                self.gap_counts[bisect_left(self.bucket_bounds, gap)] += 1
+            if gap > self.gap_max:
                 self.gap_max = gap
-            index = bisect_left(self.bucket_bounds, gap)
-            counts[index] += 1
-            self.gap_sums[index] += gap  # type: ignore[index]
+            if gap < self.gap_min:
+                self.gap_min = gap
             if gap > self.stall_threshold:
                 self._stall(now, gap)
         self.reader(self, chunk)
@@ -131,6 +133,18 @@ class StreamMonitor:
         self.stalls += 1
         if len(self.stall_events) < self.stall_event_limit:
             self.stall_events.append((now, gap, self.chunks))
+
+    @property
+    def chunks(self) -> int:
+        """Chunks received so far."""
+        return 0 if self.first_at is None else 1 + sum(self.gap_counts)
+
+    @property
+    def gap_total(self) -> float:
+        """The sum of all gaps (exactly last - first: the gaps telescope)."""
+        if self.first_at is None or self.last_at is None:
+            return 0.0
+        return self.last_at - self.first_at
 
     # --- facts the chunk readers report ----------------------------------------
     def finish(self, choice_index: int, finish_reason: str) -> None:
@@ -173,31 +187,43 @@ class StreamMonitor:
     def gap_replay(self) -> List[Tuple[float, int]]:
         """(value, count) pairs that reproduce the gap histogram exactly.
 
-        Each bucket's gaps are replayed at their mean, which lies inside the
-        bucket, so bucket counts, count and sum are exact; the overall min and
-        max are replayed as themselves so those are exact too.
+        For recording through the public metrics API, one ``record()`` per
+        gap. The min and max are replayed as themselves; every other gap is
+        replayed inside its own bucket (and within [min, max]) at the same
+        relative position, chosen so that the values add up to the total.
+        So count, sum, min, max and every bucket count are exact.
         """
-        counts, sums = self.gap_counts, self.gap_sums
-        if counts is None or sums is None:
+        counts = list(self.gap_counts)
+        n = sum(counts)
+        if n == 0:
             return []
-        replay: List[Tuple[float, int]] = []
-        lo_index = bisect_left(self.bucket_bounds, self.gap_min)
-        hi_index = bisect_left(self.bucket_bounds, self.gap_max)
+        low, high = self.gap_min, self.gap_max
+        if n == 1:
+            return [(low, 1)]
+        bounds = self.bucket_bounds
+        last = len(bounds)
+        replay: List[Tuple[float, int]] = [(low, 1), (high, 1)]
+        counts[bisect_left(bounds, low)] -= 1
+        counts[bisect_left(bounds, high)] -= 1
+        rest_total = self.gap_total - low - high
+        ranges = []
+        floor = span = 0.0
         for index, count in enumerate(counts):
-            if not count:
-                continue
-            total = sums[index]
-            extremes = []
-            if index == lo_index:
-                extremes.append(self.gap_min)
-            if index == hi_index and count > len(extremes):
-                extremes.append(self.gap_max)
-            for value in extremes:
-                replay.append((value, 1))
-                total -= value
-            rest = count - len(extremes)
-            if rest:
-                replay.append((total / rest, rest))
+            if count:
+                lo = low if index == 0 else max(bounds[index - 1], low)
+                hi = high if index == last else min(bounds[index], high)
+                ranges.append((index, count, lo, hi))
+                floor += count * lo
+                span += count * (hi - lo)
+        alpha = min(1.0, max(0.0, (rest_total - floor) / span)) if span > 0 else 0.0
+        for index, count, lo, hi in ranges:
+            value = lo + alpha * (hi - lo)
+            # Keep it in its bucket, (bounds[index - 1], bounds[index]], despite rounding.
+            if index > 0 and value <= bounds[index - 1]:
+                value = nextafter(bounds[index - 1], _INF)
+            if index < last and value > bounds[index]:
+                value = bounds[index]
+            replay.append((value, count))
         return replay
 
     # --- endings (the first one wins) -------------------------------------------

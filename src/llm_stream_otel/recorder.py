@@ -49,10 +49,8 @@ def record_metrics(
     ttfc = monitor.time_to_first_chunk
     if ttfc is not None:
         instruments.time_to_first_chunk.record(ttfc, attrs)
-    histogram = instruments.time_per_output_chunk
-    for value, count in monitor.gap_replay():
-        for _ in range(count):
-            histogram.record(value, attrs)
+    # One value per gap, handed over once per stream (see instruments.GapRecorder).
+    instruments.gaps.record_gaps(monitor, attrs)
     if monitor.outcome != t.OUTCOME_FAILED:
         instruments.chunks.record(monitor.chunks, attrs)
     if monitor.stalls:
