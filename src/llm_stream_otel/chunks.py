@@ -19,11 +19,13 @@ def read_choices_chunk(monitor: StreamMonitor, chunk: Any) -> None:
     choices = chunk.choices
     if choices:
         for choice in choices:
+            # Some OpenAI-compatible servers omit the index of a single choice.
+            index = getattr(choice, "index", None) or 0
             finish_reason = choice.finish_reason
             if finish_reason is not None:
-                monitor.finish(choice.index, finish_reason)
-            elif choice.index > monitor.max_choice:
-                monitor.saw_choice(choice.index)
+                monitor.finish(index, finish_reason)
+            elif index > monitor.max_choice:
+                monitor.saw_choice(index)
             if monitor.content is not None:
                 _capture_choice_text(monitor, choice)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from math import nextafter
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 from . import telemetry as t
 from .classify import outcome_for_finish_reason, truncation_reason
@@ -91,7 +91,7 @@ class StreamMonitor:
         self.gap_min = _INF
         self.gap_max = 0.0
         self.finish_reasons: List[str] = []
-        self.finished_choices = 0
+        self.finished_choices: Set[int] = set()  # at most n (choices) entries
         self.max_choice = -1
         self.error_event = False
         self.input_tokens: Optional[int] = None
@@ -149,8 +149,11 @@ class StreamMonitor:
     # --- facts the chunk readers report ----------------------------------------
     def finish(self, choice_index: int, finish_reason: str) -> None:
         """A choice (or the whole response) reached a terminal finish reason."""
+        finished = self.finished_choices
+        if choice_index in finished:
+            return  # a repeated finish (a misbehaving server) must not finish another choice
+        finished.add(choice_index)
         self.finish_reasons.append(finish_reason)
-        self.finished_choices += 1
         if choice_index > self.max_choice:
             self.max_choice = choice_index
 
@@ -170,7 +173,8 @@ class StreamMonitor:
     @property
     def terminal(self) -> bool:
         """Did every choice we saw reach a finish reason?"""
-        return self.finished_choices > 0 and self.finished_choices > self.max_choice
+        finished = len(self.finished_choices)
+        return finished > 0 and finished > self.max_choice
 
     @property
     def time_to_first_chunk(self) -> Optional[float]:

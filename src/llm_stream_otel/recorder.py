@@ -119,7 +119,22 @@ def annotate_span(
             event[t.ERROR_TYPE] = err
         span.add_event(t.EVENT_TRUNCATED, event, at(monitor.ended_at or monitor.started_at))
     if monitor.error is not None:
-        span.record_exception(monitor.error)
+        _record_exception(span, monitor.error, capture_content)
     if monitor.outcome in _ERROR_OUTCOMES:
         description = f"stream {monitor.outcome}" + (f": {monitor.reason}" if monitor.reason else "")
         span.set_status(Status(StatusCode.ERROR, description))
+
+
+def _record_exception(span: Span, exc: BaseException, capture_content: bool) -> None:
+    """The exception event; its message only when content capture is on.
+
+    A provider's error message can quote the request (an in-stream error
+    event echoing the prompt), so by default only the type is exported.
+    """
+    if capture_content:
+        span.record_exception(exc)
+        return
+    klass = type(exc)
+    module = klass.__module__
+    qualified = klass.__qualname__ if module in ("builtins", "__main__") else f"{module}.{klass.__qualname__}"
+    span.add_event("exception", {"exception.type": qualified})
