@@ -85,6 +85,16 @@ class StreamCall:
         except Exception:  # noqa: BLE001 - our bug must not reach the app
             internal_error("stream finalization")
             self._end_span_quietly()
+        finally:
+            # Never keep the exception once recorded: its traceback holds our own
+            # frames, which hold this call, a reference cycle that would leave the
+            # SDK's suspended HTTP generators to the cyclic GC (openai 1.x/2.x on
+            # httpcore can deadlock when the GC finalizes them inside the pool lock).
+            if self.done:
+                try:
+                    self.monitor.error = None
+                except Exception:  # noqa: BLE001
+                    pass
 
     def request_failed(self, exc: BaseException) -> None:
         self.settle(lambda now: self.monitor.fail_request(now, exc))
@@ -116,7 +126,10 @@ class StreamCall:
                 self.span.set_attribute(t.SDK_RETRIES, self.sdk_retries)
             annotate_span(self.span, monitor, self.wall_start_ns, telemetry.settings.capture_content)
             response_model = telemetry.limit_model(monitor.response_model) if monitor.response_model else None
-            record_metrics(telemetry.instruments, monitor, self.metric_attributes, response_model, is_retry)
+            try:
+                record_metrics(telemetry.instruments, monitor, self.metric_attributes, response_model, is_retry)
+            except Exception:  # noqa: BLE001 - a broken meter must not cost the span its ending
+                internal_error("metric recording")
         finally:
             self.span.end()
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Collection, List, Tuple
+from typing import Any, Collection, Dict, List, Tuple
 
+import wrapt
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
@@ -22,7 +23,7 @@ from .config import load_settings
 from .instruments import Instruments
 from .pipeline import StreamTelemetry, set_active
 from .version import __version__
-from .wrappers import method_wrapper
+from .wrappers import helper_close_wrapper, method_wrapper
 
 _logger = logging.getLogger(__name__)
 
@@ -38,7 +39,78 @@ PATCH_TARGETS: Tuple[Tuple[str, str, str, bool], ...] = (
     ("openai.resources.completions", "AsyncCompletions", "completions", True),
 )
 
-_SETTING_KEYS = ("stall_threshold", "retry_window", "capture_content", "max_attribute_values")
+# The SDK's stream helpers (``.stream()``) close the HTTP response rather than
+# the stream they wrap; their ``close`` must tell our proxy. (module, class, is_async)
+HELPER_CLOSE_TARGETS: Tuple[Tuple[str, str, bool], ...] = (
+    ("openai.lib.streaming.chat._completions", "ChatCompletionStream", False),
+    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream", True),
+    ("openai.lib.streaming.responses._responses", "ResponseStream", False),
+    ("openai.lib.streaming.responses._responses", "AsyncResponseStream", True),
+)
+
+_SETTING_KEYS = ("stall_threshold", "retry_window", "capture_content", "max_attribute_values", "metrics_fast_path")
+
+
+def _tracer(provider: Any) -> trace.Tracer:
+    """Our tracer; a broken tracer provider costs the spans, never the app's start-up."""
+    try:
+        return trace.get_tracer(t.SCOPE_NAME, __version__, provider)
+    except Exception:  # noqa: BLE001
+        _logger.warning(
+            "llm_stream_otel: the tracer provider failed to give a tracer; streams will have no spans "
+            "(metrics still work)",
+            exc_info=True,
+        )
+        return trace.NoOpTracer()
+
+
+def _instruments(provider: Any, fast_path: bool) -> Instruments:
+    """Our instruments; a broken meter provider costs the metrics, never the app's start-up."""
+    try:
+        return Instruments(metrics.get_meter(t.SCOPE_NAME, __version__, provider), fast_path)
+    except Exception:  # noqa: BLE001
+        _logger.warning(
+            "llm_stream_otel: the meter provider failed to give a meter or its instruments; streams will "
+            "have no metrics (spans still work)",
+            exc_info=True,
+        )
+        return Instruments(metrics.NoOpMeter(t.SCOPE_NAME))
+
+
+# What every wrapt wrapper derives from (wrapt 2 renamed it; 1.x has only ObjectProxy).
+_PROXY_BASE = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
+
+def _is_ours(node: Any, ours: Any) -> bool:
+    # ``unwrap`` of a wrapper on top of ours stores ``getattr(owner, name).__wrapped__``,
+    # which wrapt 2 gives as a BoundFunctionWrapper whose parent is our FunctionWrapper.
+    return node is ours or (isinstance(node, _PROXY_BASE) and getattr(node, "_self_parent", None) is ours)
+
+
+def _remove_wrapper(owner: type, name: str, ours: Any) -> None:
+    """Take our wrapper out of ``owner.name``, wherever it sits in a chain of wrappers.
+
+    ``opentelemetry.instrumentation.utils.unwrap`` removes the OUTERMOST wrapper:
+    if another instrumentation (openai-v2...) wrapped ``create`` after us, that
+    would remove theirs and leave ours. So find ours and splice it out.
+    """
+    current = vars(owner).get(name)
+    if ours is None:  # not recorded (should not happen): the old behaviour
+        unwrap(owner, name)
+        return
+    if _is_ours(current, ours):
+        setattr(owner, name, current.__wrapped__)
+        return
+    node = current
+    for _ in range(64):  # a chain of wrappers, never a cycle; bounded all the same
+        if not isinstance(node, _PROXY_BASE):
+            break
+        inner = node.__wrapped__
+        if _is_ours(inner, ours):
+            node.__wrapped__ = inner.__wrapped__
+            return
+        node = inner
+    _logger.debug("llm_stream_otel: our wrapper of %s.%s was already removed", owner.__qualname__, name)
 
 
 class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -46,31 +118,51 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__()
-        self._patched: List[Tuple[type, str]] = []
-        self.telemetry: "StreamTelemetry | None" = None
+        # BaseInstrumentor is a singleton: every ``LLMStreamInstrumentor()`` returns
+        # the same object and runs __init__ again. Resetting here would forget
+        # what is patched, and a later uninstrument() would leave it all in place.
+        if "_patched" not in self.__dict__:
+            self._patched: List[Tuple[type, str]] = []
+            self._wrappers: Dict[Tuple[type, str], Any] = {}
+            self.telemetry: "StreamTelemetry | None" = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _INSTRUMENTS
 
     def _instrument(self, **kwargs: Any) -> None:
         settings = load_settings({key: kwargs.get(key) for key in _SETTING_KEYS})
-        tracer = trace.get_tracer(t.SCOPE_NAME, __version__, kwargs.get("tracer_provider"))
-        meter = metrics.get_meter(t.SCOPE_NAME, __version__, kwargs.get("meter_provider"))
-        telemetry = StreamTelemetry(tracer, Instruments(meter), settings)
+        telemetry = StreamTelemetry(
+            _tracer(kwargs.get("tracer_provider")),
+            _instruments(kwargs.get("meter_provider"), settings.metrics_fast_path),
+            settings,
+        )
         self.telemetry = telemetry
         set_active(telemetry)
         for module_name, class_name, kind, is_async in PATCH_TARGETS:
             self._patch(telemetry, module_name, class_name, kind, is_async)
+        for module_name, class_name, is_async in HELPER_CLOSE_TARGETS:
+            owner = self._find(module_name, class_name)
+            if owner is not None and "close" in vars(owner):
+                wrap_function_wrapper(owner, "close", helper_close_wrapper(is_async))
+                self._patched.append((owner, "close"))
         from .sdk_retries import patch_sdk_retries
 
         self._patched.extend(patch_sdk_retries(telemetry))
+        # Remember our own wrapper objects: another instrumentation may wrap the
+        # same methods on top of ours, and uninstrument() must remove ours only.
+        self._wrappers = {(owner, name): vars(owner).get(name) for owner, name in self._patched}
 
-    def _patch(self, telemetry: StreamTelemetry, module_name: str, class_name: str, kind: str, is_async: bool) -> None:
+    @staticmethod
+    def _find(module_name: str, class_name: str) -> Any:
         try:
-            module = importlib.import_module(module_name)
-            owner = getattr(module, class_name)
+            return getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError):
             _logger.debug("llm_stream_otel: %s.%s not in this openai version; skipped", module_name, class_name)
+            return None
+
+    def _patch(self, telemetry: StreamTelemetry, module_name: str, class_name: str, kind: str, is_async: bool) -> None:
+        owner = self._find(module_name, class_name)
+        if owner is None:
             return
         wrap_function_wrapper(owner, "create", method_wrapper(telemetry, kind, is_async))
         self._patched.append((owner, "create"))
@@ -78,7 +170,8 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         while self._patched:
             owner, name = self._patched.pop()
-            unwrap(owner, name)
+            _remove_wrapper(owner, name, self._wrappers.get((owner, name)))
+        self._wrappers = {}
         self.telemetry = None
         set_active(None)
 

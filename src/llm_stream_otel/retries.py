@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 from opentelemetry.trace import Link, Span, SpanContext
 
 from . import telemetry as t
+from .guard import internal_error
 from .instruments import Instruments
 
 DEFAULT_TABLE_SIZE = 10_000
@@ -65,6 +66,14 @@ class Attempt:
         return [Link(self.link, {t.ATTEMPT: self.number - 1})] if self.link is not None else []
 
 
+def _add(counter: object, attributes: dict) -> None:
+    """Count one; a broken meter must not cost a stream its span."""
+    try:
+        counter.add(1, attributes)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        internal_error("metric recording")
+
+
 class RetryTracker:
     """Recognise repeats of cut/failed requests; count retries and recoveries.
 
@@ -103,7 +112,7 @@ class RetryTracker:
                 chain = self._chains.get(fingerprint)
         if chain is None:
             return Attempt(fingerprint, 1, False, None, None, now)
-        self._instruments.retries.add(1, {**metric_attributes, t.RETRY_LAYER: layer})
+        _add(self._instruments.retries, {**metric_attributes, t.RETRY_LAYER: layer})
         return Attempt(fingerprint, chain.attempts + 1, True, layer, chain.last_span, now, chain.first_truncated)
 
     def finish(
@@ -130,6 +139,6 @@ class RetryTracker:
             with self._lock:
                 chain = self._chains.pop(attempt.fingerprint, None)
             if chain is not None and chain.first_truncated:
-                self._instruments.recoveries.add(1, metric_attributes)
+                _add(self._instruments.recoveries, metric_attributes)
                 if span.is_recording():
                     span.set_attribute(t.RECOVERED_AFTER_ATTEMPTS, attempt.number)

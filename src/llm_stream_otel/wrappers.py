@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional
 from .call import StreamCall
 from .guard import internal_error
 from .pipeline import StreamTelemetry
-from .proxy import wrap_stream
+from .proxy import AsyncStreamProxy, SyncStreamProxy, _ObservingProxy, wrap_stream
 
 _RAW_HEADER = "x-stainless-raw-response"
 
@@ -35,8 +35,15 @@ def _begin(telemetry: StreamTelemetry, kind: str, instance: Any, kwargs: Mapping
         return None
 
 
-def _wrap_result(result: Any, call: StreamCall) -> Any:
+def _wrap_result(result: Any, call: StreamCall, is_async: bool) -> Any:
     try:
+        # Pick the proxy by the method called, not by duck typing: a stream
+        # wrapper of another instrumentation (openai-v2's) can implement both
+        # protocols, and a sync stream in an async proxy would go unobserved.
+        if is_async and hasattr(result, "__anext__"):
+            return AsyncStreamProxy(result, call)
+        if not is_async and hasattr(result, "__next__"):
+            return SyncStreamProxy(result, call)
         return wrap_stream(result, call)
     except Exception:  # noqa: BLE001
         internal_error("stream wrap")
@@ -50,7 +57,7 @@ def _send(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: di
         except BaseException as exc:
             call.request_failed(exc)
             raise
-    return _wrap_result(result, call)
+    return _wrap_result(result, call, False)
 
 
 async def _send_async(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -60,7 +67,40 @@ async def _send_async(call: StreamCall, wrapped: Callable[..., Any], args: tuple
         except BaseException as exc:
             call.request_failed(exc)
             raise
-    return _wrap_result(result, call)
+    return _wrap_result(result, call, True)
+
+
+def _abandon_raw_stream(helper: Any) -> None:
+    """The SDK's stream helpers close the HTTP response, not the stream they
+    wrap: tell our proxy (if it is one), or its span would stay open until
+    the helper's reference cycle is garbage-collected."""
+    try:
+        raw = getattr(helper, "_raw_stream", None)
+        if isinstance(raw, _ObservingProxy):
+            raw._self_abandon()
+    except Exception:  # noqa: BLE001
+        internal_error("stream helper close")
+
+
+async def _aclose_helper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _abandon_raw_stream(instance)
+
+
+def helper_close_wrapper(is_async: bool) -> Callable[..., Any]:
+    """Wrapper for the helpers' ``ChatCompletionStream.close`` / ``ResponseStream.close`` (sync or async)."""
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+        if is_async:
+            return _aclose_helper(wrapped, instance, args, kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _abandon_raw_stream(instance)
+
+    return wrapper
 
 
 def method_wrapper(telemetry: StreamTelemetry, kind: str, is_async: bool) -> Callable[..., Any]:

@@ -14,7 +14,9 @@ Usage::
 
 The fault for a request comes from the ``X-Fault`` header, else ``mix`` (weighted,
 seeded), else ``default_fault``. See :mod:`fault_plan` for the spec grammar; all
-payload building lives there, this module only does sockets and threads.
+payload building lives there, this module only does sockets and threads. A
+request with an ``X-Script`` header instead gets exactly the SSE payloads it
+scripted, with one fault (see :mod:`scripted`).
 
 Chat "continue" requests (an assistant message holding a prefix of the canonical
 answer, then a final user turn) get only the missing pieces. The canonical answer
@@ -61,6 +63,7 @@ from .fault_plan import (
     request_info,
     resolve_settings,
 )
+from .scripted import decode_script, script_fault, script_plan
 
 __all__ = ["FaultServer", "Fault", "RecordedRequest", "answer_for", "add_arguments", "run_from_args", "main"]
 
@@ -245,7 +248,9 @@ class FaultServer:
         if self._thread is not None:
             return self
         self._stopping.clear()
-        self._listener = socket.create_server((self.host, self._requested_port), backlog=128)
+        # A deep accept queue: load tests open 1,000 connections at once, and an
+        # overflowing queue makes the kernel drop them (the client sees a reset).
+        self._listener = socket.create_server((self.host, self._requested_port), backlog=max(1024, socket.SOMAXCONN))
         self._listener.settimeout(0.1)
         self._thread = threading.Thread(target=self._accept_loop, name=f"fault-server:{self.port}", daemon=True)
         self._thread.start()
@@ -341,6 +346,8 @@ class FaultServer:
             self._record(req, body, None)
             msg = "Expected POST with a JSON object body"
             return self._send_plain(conn, PlainResponse(400 if req.method == "POST" else 405, error_body(msg)))
+        if req.headers.get("x-script"):
+            return self._respond_scripted(conn, req, body)
         try:
             fault = self._choose_fault(req, body)
             settings = resolve_settings(fault, self.chunks, self.chunk_delay)
@@ -350,6 +357,21 @@ class FaultServer:
             return self._send_plain(conn, PlainResponse(400, error_body(str(exc), code="invalid_fault")))
         self._record(req, body, fault)
         extra = (("x-fault-applied", fault.spec),)
+        if plan.plain is not None:
+            return self._send_plain(conn, plan.plain, extra)
+        return self._send_stream(conn, plan.actions, extra)
+
+    def _respond_scripted(self, conn: socket.socket, req: _HttpRequest, body: Dict[str, Any]) -> bool:
+        """``X-Script``: send the client's own SSE payloads with one fault (see :mod:`scripted`)."""
+        try:
+            script = decode_script(req.headers["x-script"])
+        except FaultSpecError as exc:
+            self._record(req, body, None)
+            return self._send_plain(conn, PlainResponse(400, error_body(str(exc), code="invalid_script")))
+        fault = script_fault(script)
+        self._record(req, body, fault)
+        plan = script_plan(script)
+        extra = (("x-fault-applied", "script:" + fault.spec),)
         if plan.plain is not None:
             return self._send_plain(conn, plan.plain, extra)
         return self._send_stream(conn, plan.actions, extra)
