@@ -17,6 +17,7 @@ ENV_STALL_THRESHOLD = "OTEL_INSTRUMENTATION_LLM_STREAM_STALL_THRESHOLD"
 ENV_RETRY_WINDOW = "OTEL_INSTRUMENTATION_LLM_STREAM_RETRY_WINDOW"
 ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 ENV_MAX_ATTRIBUTE_VALUES = "OTEL_INSTRUMENTATION_LLM_STREAM_MAX_ATTRIBUTE_VALUES"
+ENV_METRICS_FAST_PATH = "OTEL_INSTRUMENTATION_LLM_STREAM_METRICS_FAST_PATH"
 
 DEFAULT_STALL_THRESHOLD = 5.0
 DEFAULT_RETRY_WINDOW = 300.0
@@ -38,6 +39,9 @@ class Settings:
     retry_window: float = DEFAULT_RETRY_WINDOW
     capture_content: bool = False
     max_attribute_values: int = DEFAULT_MAX_ATTRIBUTE_VALUES
+    # Merge each stream's gap histogram into the SDK's aggregation (self-tested,
+    # guarded); off = one public Histogram.record() per gap.
+    metrics_fast_path: bool = True
 
 
 def _positive_float(name: str, raw: Any, default: float) -> float:
@@ -72,6 +76,18 @@ def _boolean(name: str, raw: Any, default: bool) -> bool:
     return default
 
 
+# opentelemetry-util-genai (openai-v2's newer path) reads the same variable as a
+# mode, not a boolean. Accept its values too, so one setting serves both: content
+# goes on spans for SPAN_ONLY / SPAN_AND_EVENT; we emit no log events.
+_CAPTURE_MODES = {"span_only": True, "span_and_event": True, "event_only": False, "no_content": False}
+
+
+def _capture_content(name: str, raw: Any, default: bool) -> bool:
+    if isinstance(raw, str) and raw.strip().lower() in _CAPTURE_MODES:
+        return _CAPTURE_MODES[raw.strip().lower()]
+    return _boolean(name, raw, default)
+
+
 def load_settings(
     overrides: Optional[Mapping[str, Any]] = None,
     environ: Optional[Mapping[str, str]] = None,
@@ -83,12 +99,15 @@ def load_settings(
     def pick(key: str, env_name: str) -> Any:
         if kw.get(key) is not None:
             return kw[key]
-        return env.get(env_name)
+        value = env.get(env_name)
+        # An empty variable (``FOO=`` in a compose file) means unset, not bad: no warning.
+        return None if value is None or not value.strip() else value
 
     stall = pick("stall_threshold", ENV_STALL_THRESHOLD)
     window = pick("retry_window", ENV_RETRY_WINDOW)
     capture = pick("capture_content", ENV_CAPTURE_CONTENT)
     cap = pick("max_attribute_values", ENV_MAX_ATTRIBUTE_VALUES)
+    fast = pick("metrics_fast_path", ENV_METRICS_FAST_PATH)
     return Settings(
         stall_threshold=DEFAULT_STALL_THRESHOLD
         if stall is None
@@ -96,8 +115,9 @@ def load_settings(
         retry_window=DEFAULT_RETRY_WINDOW
         if window is None
         else _positive_float(ENV_RETRY_WINDOW, window, DEFAULT_RETRY_WINDOW),
-        capture_content=False if capture is None else _boolean(ENV_CAPTURE_CONTENT, capture, False),
+        capture_content=False if capture is None else _capture_content(ENV_CAPTURE_CONTENT, capture, False),
         max_attribute_values=DEFAULT_MAX_ATTRIBUTE_VALUES
         if cap is None
         else _positive_int(ENV_MAX_ATTRIBUTE_VALUES, cap, DEFAULT_MAX_ATTRIBUTE_VALUES),
+        metrics_fast_path=True if fast is None else _boolean(ENV_METRICS_FAST_PATH, fast, True),
     )

@@ -9,6 +9,7 @@ from typing import List, Tuple
 from .config import (
     ENV_CAPTURE_CONTENT,
     ENV_MAX_ATTRIBUTE_VALUES,
+    ENV_METRICS_FAST_PATH,
     ENV_RETRY_WINDOW,
     ENV_STALL_THRESHOLD,
     load_settings,
@@ -32,6 +33,7 @@ _ENV = {
     "retry_window": ENV_RETRY_WINDOW,
     "capture_content": ENV_CAPTURE_CONTENT,
     "max_attribute_values": ENV_MAX_ATTRIBUTE_VALUES,
+    "metrics_fast_path": ENV_METRICS_FAST_PATH,
 }
 
 

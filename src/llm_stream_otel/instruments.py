@@ -30,7 +30,6 @@ once per stream:
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 from time import time_ns
@@ -42,7 +41,6 @@ from . import telemetry as t
 
 _logger = logging.getLogger(__name__)
 
-ENV_METRICS_FAST_PATH = "OTEL_INSTRUMENTATION_LLM_STREAM_METRICS_FAST_PATH"
 
 
 def _histogram(meter: Meter, name: str, buckets: Optional[Sequence[float]]) -> Histogram:
@@ -60,22 +58,10 @@ def _counter(meter: Meter, name: str) -> Counter:
     return meter.create_counter(name, unit=unit, description=description)
 
 
-def _fast_path_enabled_by_env() -> bool:
-    raw = os.environ.get(ENV_METRICS_FAST_PATH)
-    if raw is None:
-        return True
-    text = raw.strip().lower()
-    if text in ("false", "0", "no", "off"):
-        return False
-    if text not in ("true", "1", "yes", "on", ""):
-        _logger.warning("llm_stream_otel: %s=%r is not true/false; using true", ENV_METRICS_FAST_PATH, raw)
-    return True
-
-
 class Instruments:
     """The instruments one instrumentor records into."""
 
-    def __init__(self, meter: Meter, metrics_fast_path: Optional[bool] = None) -> None:
+    def __init__(self, meter: Meter, metrics_fast_path: bool = True) -> None:
         self.duration = _histogram(meter, t.METRIC_DURATION, t.SECONDS_BUCKETS)
         self.token_usage = _histogram(meter, t.METRIC_TOKEN_USAGE, t.TOKEN_BUCKETS)
         self.time_to_first_chunk = _histogram(meter, t.METRIC_TIME_TO_FIRST_CHUNK, t.SECONDS_BUCKETS)
@@ -85,8 +71,6 @@ class Instruments:
         self.outcomes = _counter(meter, t.METRIC_OUTCOMES)
         self.retries = _counter(meter, t.METRIC_RETRIES)
         self.recoveries = _counter(meter, t.METRIC_RECOVERIES)
-        if metrics_fast_path is None:
-            metrics_fast_path = _fast_path_enabled_by_env()
         self.gaps = GapRecorder(self.time_per_output_chunk, t.SECONDS_BUCKETS, metrics_fast_path)
 
 
