@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import openai
-import pytest
 
 from llm_stream_otel import telemetry as t
 from streaming import consume, unique_prompt

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
+import openai
 import pytest
+
+from hardening_scripts import LoopThread
 from hypothesis import HealthCheck, settings
 
 from llm_stream_otel import guard
@@ -77,3 +80,23 @@ def fresh_guard() -> Iterator[None]:
     finally:
         guard._reported.clear()
         guard._reported.update(saved)
+
+
+# Module-scoped clients shared by the property tests (sync, and async on a loop thread).
+@pytest.fixture(scope="module")
+def sync_client(server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.base_url, api_key="sk-hardening-KEY", max_retries=0, timeout=20) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def loop_client(server) -> Iterator[Any]:
+    loop = LoopThread()
+
+    async def make() -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-hardening-KEY", max_retries=0, timeout=20)
+
+    client = loop.run(make())
+    yield loop, client
+    loop.run(client.close())
+    loop.close()

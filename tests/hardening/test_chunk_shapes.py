@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any, List
 
-import pytest
-
 from hardening_scripts import Scenario, consume
 from llm_stream_otel import telemetry as t
 from test_transparency_property import Instrumented

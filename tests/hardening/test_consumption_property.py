@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import gc
 import threading
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import openai
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardening_scripts import LoopThread, Scenario, create, expected, expected_abandon, scenarios
+from hardening_scripts import Scenario, create, expected, expected_abandon, scenarios
 from llm_stream_otel import telemetry as t
 from test_transparency_property import Instrumented
 
@@ -36,23 +35,6 @@ ASYNC_PATTERNS = ("close", "for_break_close", "async_with", "gc", "response_then
 View = Tuple[List[Any], Optional[BaseException], bool]
 
 
-@pytest.fixture(scope="module")
-def sync_client(server) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.base_url, api_key="sk-hardening-KEY", max_retries=0, timeout=20) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def loop_client(server) -> Iterator[Any]:
-    loop = LoopThread()
-
-    async def make() -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-hardening-KEY", max_retries=0, timeout=20)
-
-    client = loop.run(make())
-    yield loop, client
-    loop.run(client.close())
-    loop.close()
 
 
 def _read(stream: Any, k: int, chunks: List[Any]) -> Tuple[Optional[BaseException], bool]:

@@ -18,16 +18,14 @@ For every script:
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import openai
-import pytest
 from hypothesis import given, settings
 from opentelemetry.trace import StatusCode
 
 from hardening_scripts import (
     STALL_THRESHOLD,
-    LoopThread,
     Scenario,
     aconsume,
     assert_same_app_view,
@@ -43,23 +41,6 @@ PROFILE = settings.get_profile("hardening")
 _ERRORS = (t.OUTCOME_TRUNCATED, t.OUTCOME_FAILED)
 
 
-@pytest.fixture(scope="module")
-def sync_client(server) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.base_url, api_key="sk-hardening-KEY", max_retries=0, timeout=20) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def loop_client(server) -> Iterator[Any]:
-    loop = LoopThread()
-
-    async def make() -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-hardening-KEY", max_retries=0, timeout=20)
-
-    client = loop.run(make())
-    yield loop, client
-    loop.run(client.close())
-    loop.close()
 
 
 class Instrumented:
