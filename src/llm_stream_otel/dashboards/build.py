@@ -344,6 +344,19 @@ CHUNKS_DESC = (
 )
 
 
+def _dashboard_link(title: str, uid: str, slug: str, tooltip: str) -> db.DashboardLink:
+    """A link to the other bundled dashboard that keeps the time range and variables."""
+    return (
+        db.DashboardLink(title)
+        .type(dm.DashboardLinkType.LINK)
+        .url(f"/d/{uid}/{slug}")
+        .icon("dashboard")
+        .tooltip(tooltip)
+        .include_vars(True)
+        .keep_time(True)
+    )
+
+
 # ------------------------------------------------------------------ overview
 
 
@@ -357,13 +370,7 @@ def overview() -> db.Dashboard:
     )
     d = _variables(d, single=False)
     d = d.link(
-        db.DashboardLink("LLM streams: model drill-down")
-        .type(dm.DashboardLinkType.LINK)
-        .url(f"/d/{MODEL_UID}/llm-streams-model")
-        .icon("dashboard")
-        .tooltip("One model and server in detail")
-        .include_vars(True)
-        .keep_time(True)
+        _dashboard_link("LLM streams: model drill-down", MODEL_UID, "llm-streams-model", "One model and server in detail")
     )
     range_trunc = q.ratio(
         q.sum_increase(n.OUTCOMES, RANGE, (), F, **{n.OUTCOME: "truncated"}),
@@ -456,15 +463,7 @@ def model_drill_down() -> db.Dashboard:
         "latency distributions, stalls and tokens.",
     )
     d = _variables(d, single=True)
-    d = d.link(
-        db.DashboardLink("LLM streams: overview")
-        .type(dm.DashboardLinkType.LINK)
-        .url(f"/d/{OVERVIEW_UID}/llm-streams-overview")
-        .icon("dashboard")
-        .tooltip("All models and servers")
-        .include_vars(True)
-        .keep_time(True)
-    )
+    d = d.link(_dashboard_link("LLM streams: overview", OVERVIEW_UID, "llm-streams-overview", "All models and servers"))
     first_cuts = {n.OUTCOME: "truncated", n.IS_RETRY: "false"}
     d = (
         d.with_row(db.Row("Outcomes").id(ids()))
