@@ -208,10 +208,14 @@ class Prometheus(PrometheusAPI):
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = self.workdir / "prometheus.log"
 
+    def config_text(self) -> str:
+        """The prometheus.yml this process runs with (subclasses add jobs, alerting...)."""
+        return prometheus_config(self.job, self.target, self.rule_files)
+
     def start(self, timeout: float = 30.0) -> "Prometheus":
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        config.write_text(prometheus_config(self.job, self.target, self.rule_files), encoding="utf-8")
+        config.write_text(self.config_text(), encoding="utf-8")
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(
