@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 from . import names as n
 from . import promql as q
+from . import recording
 from . import thresholds as t
 
 GROUP_NAME = "llm-stream"
@@ -319,4 +320,5 @@ def alert_files() -> Dict[str, str]:
         "deploy/grafana/provisioning/alerting/llm-stream-alerts.yaml": render_yaml(
             grafana_alert_provisioning()
         ),
+        "dashboards/alerts/llm-stream-recording-rules.yaml": render_yaml(recording.rule_file()),
     }
