@@ -287,8 +287,9 @@ class Demo:
 
     def __init__(self, duration: float, port: Optional[int] = None, seed: int = 1,
                  extra_args: Sequence[str] = (), python: str = sys.executable,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", env: Optional[Mapping[str, str]] = None) -> None:
         self.duration, self.seed = duration, seed
+        self.env = dict(env or {})  # e.g. OTEL_SERVICE_NAME
         self.port = port or free_port(host)
         self.metrics_url = f"http://{host}:{self.port}/metrics"
         self.args = [
@@ -304,7 +305,7 @@ class Demo:
         self._reader: Optional[threading.Thread] = None
 
     def start(self) -> "Demo":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         for key in [k for k in env if k.startswith("OTEL_EXPORTER_OTLP")]:
             env.pop(key)  # Prometheus only: never ship the test traffic elsewhere
         self.started_at = time.time()
