@@ -41,13 +41,14 @@ SERVICES = {"chat-api": 1, "support-bot": 2, "batch-summaries": 3}  # service ->
 DURATION = 20.0
 RECORDING_WINDOW = "20s"
 RATE_WINDOW = "15s"  # $__rate_interval with 1 s scrapes, as in test_e2e_prometheus
-#: VictoriaMetrics vs Prometheus with the real rate windows: per query, the
-#: median over every (series, second) of |vm - prom| / |prom| stays within this.
-#: MetricsQL's rate()/increase() also use the sample just before the window and
-#: do not extrapolate to its edges, Prometheus' do: on 15 s windows holding a
-#: few events each, single points differ by up to one event per window (see the
-#: max column the test prints); the stored data are identical (lifetime test).
-VM_MEDIAN_TOLERANCE = 0.20
+#: VictoriaMetrics vs Prometheus with the real rate windows, over every
+#: (query, series, second) of the run: the median and the 90th percentile of
+#: |vm - prom| / |prom| stay within these.  MetricsQL's rate()/increase() also
+#: use the sample just before the window and do not extrapolate to its edges,
+#: Prometheus' do: on 15 s windows holding a few events each (stalls: one or
+#: two), a single point differs by up to one event per window (the max column
+#: the test prints).  The stored data are identical (the lifetime test).
+VM_MEDIAN_TOLERANCE, VM_P90_TOLERANCE = 0.10, 0.35
 
 
 # ------------------------------------------------------------------ helpers
@@ -289,6 +290,10 @@ def test_victoria_metrics_equals_prometheus_on_the_counts(fleet_run):
     assert not failures, "\n".join(failures)
 
 
+def _rel(v: float, p: float) -> float:
+    return abs(v - p) / max(abs(p), 1e-12) if p or v else 0.0
+
+
 def compare_rate_queries(prom, vm, start: float, end: float) -> List[Dict[str, Any]]:
     """Every query as the dashboards run it, at every second of the run, on both engines."""
     rows = []
@@ -299,11 +304,11 @@ def compare_rate_queries(prom, vm, start: float, end: float) -> List[Dict[str, A
         v = {(tuple(sorted((k, val) for k, val in s["metric"].items() if k != "__name__")), float(t)): float(x)
              for s in v_all for t, x in s["values"]}
         both = [k for k in p if k in v and math.isfinite(p[k]) and math.isfinite(v[k])]
-        diffs = sorted(abs(v[k] - p[k]) / max(abs(p[k]), 1e-12) if p[k] or v[k] else 0.0 for k in both)
+        diffs = sorted(_rel(v[k], p[k]) for k in both)
         rows.append({"query": title, "expr": expr, "points": len(both), "prom_only": len(set(p) - set(v)),
                      "vm_only": len(set(v) - set(p)),
                      "median_rel_diff": diffs[len(diffs) // 2] if diffs else math.nan,
-                     "max_rel_diff": diffs[-1] if diffs else math.nan})
+                     "max_rel_diff": diffs[-1] if diffs else math.nan, "diffs": diffs})
     return rows
 
 
@@ -315,6 +320,34 @@ def test_victoria_metrics_equals_prometheus_with_rate_windows(fleet_run):
     for r in rows:
         print(f"| {r['query'][:44]:44} | {r['points']:5} | {r['median_rel_diff']:.4f} | {r['max_rel_diff']:.4f} "
               f"| {r['prom_only']} | {r['vm_only']} |")
-    assert sum(r["points"] for r in rows) > 1000
-    bad = [r for r in rows if r["points"] and not r["median_rel_diff"] <= VM_MEDIAN_TOLERANCE]
-    assert not bad, bad
+    diffs = sorted(d for r in rows for d in r["diffs"])
+    points, missing = len(diffs), sum(r["prom_only"] + r["vm_only"] for r in rows)
+    median, p90 = diffs[points // 2], diffs[int(points * 0.9)]
+    print(f"all: {points} points, median rel diff {median:.4f}, p90 {p90:.4f}, max {diffs[-1]:.4f}, "
+          f"on one engine only {missing}")
+    assert points > 1000 and all(r["points"] for r in rows if "TimeToFirstChunkHigh" not in r["query"]
+                                 and "StallRateHigh" not in r["query"] or "value" in r["query"]), rows
+    assert median <= VM_MEDIAN_TOLERANCE and p90 <= VM_P90_TOLERANCE, (median, p90)
+    assert missing <= 0.05 * points, missing
+
+
+# ------------------------------------------------------------------ cardinality budget
+
+
+def test_series_per_service_stay_within_the_budget(fleet_run):
+    from llm_stream_otel.dashboards import cardinality as c
+
+    per_pair = c.budget_per_pair()
+    for svc, samples in fleet_run["expositions"].items():
+        m = c.measure(samples)
+        total = sum(m["series"].values())
+        print(f"{svc}: {total} series, {len(m['pairs'])} model/server pairs, budget {len(m['pairs']) * per_pair}; "
+              f"combos per pair {m['combos']}")
+        assert m["keys"] == {b: c.LABEL_KEYS[b] for b in m["keys"]}, "a metric gained or lost a label"
+        assert set(m["keys"]) == set(c.LABEL_KEYS), "a metric the budget does not know"
+        assert all(counts == {c.BUCKETS} for counts in m["buckets"].values()), m["buckets"]
+        for base, pairs in m["combos"].items():
+            assert max(pairs.values()) <= c.COMBOS_PER_PAIR[base], (svc, base, pairs)
+        assert total <= len(m["pairs"]) * per_pair
+        # the formula is exact: combinations x width, summed
+        assert total == sum(k * c.width(b) for b, pairs in m["combos"].items() for k in pairs.values())
