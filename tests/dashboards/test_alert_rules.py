@@ -141,3 +141,35 @@ def test_grafana_rule_queries_parse(promtool, tmp_path):
     path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": rules}]}))
     r = _run(promtool, "check", "rules", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+RECORDING = ROOT / "dashboards" / "alerts" / "llm-stream-recording-rules.yaml"
+RECORDING_TESTS = ROOT / "dashboards" / "alerts" / "tests" / "llm-stream-recording-rules.test.yaml"
+
+
+def test_recording_rules_pass_promtool(promtool):
+    from llm_stream_otel.dashboards import recording
+
+    r = _run(promtool, "check", "rules", str(RECORDING))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"SUCCESS: {len(recording.rules())} rules found" in r.stdout
+    r = _run(promtool, "test", "rules", str(RECORDING_TESTS))
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_recording_rules_follow_level_metric_operations():
+    from llm_stream_otel.dashboards import recording
+
+    records = dict(queries.alert_expressions(RECORDING))
+    assert records == dict(recording.rules())
+    for name, expr in records.items():
+        level, metric, ops = name.split(":")
+        assert level in {"job", "job_le", "fleet"} and ops.endswith("rate5m"), name
+        assert re.fullmatch(r"[a-z_]+", metric), name
+        if level != "fleet":  # grouped by exactly the level's labels
+            assert f"by ({', '.join(level.split('_'))})" in expr or expr.startswith(("(", "histogram_quantile")), name
+    # every service-level and fleet-wide ratio / quantile has its raw twin (used by the fleet test)
+    ratios = {n for n in records if n.split(":")[2].startswith(("ratio_", "p"))}
+    assert ratios == set(recording.raw_equivalents())
+    for metric in ("llm_stream_truncation", "llm_stream_fix", "llm_stream_stalls_per_stream"):
+        assert {f"job:{metric}:ratio_rate5m", f"fleet:{metric}:ratio_rate5m"} <= ratios

@@ -15,11 +15,12 @@ as query A and applies the threshold in expression C.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional
 
 from . import names as n
 from . import promql as q
+from . import recording
 from . import thresholds as t
 
 GROUP_NAME = "llm-stream"
@@ -70,8 +71,8 @@ _WHERE = "{{ $labels.gen_ai_request_model }} on {{ $labels.server_address }} (jo
 BY = q.ALERT_BY
 
 
-def _alerts() -> List[Alert]:
-    tr, fx, tt, st = t.TRUNCATION_RATE, t.FIX_RATE, t.TTFC_P95, t.STALL_RATE
+def _alerts(tr: t.AlertThreshold = t.TRUNCATION_RATE, fx: t.AlertThreshold = t.FIX_RATE,
+            tt: t.AlertThreshold = t.TTFC_P95, st: t.AlertThreshold = t.STALL_RATE) -> List[Alert]:
     return [
         Alert(
             name="LLMStreamTruncationRateHigh",
@@ -163,10 +164,10 @@ def _alerts() -> List[Alert]:
 ALERTS: List[Alert] = _alerts()
 
 
-def prometheus_rules() -> Dict[str, Any]:
-    """The Prometheus rule file (``rule_files``) as a dict."""
+def prometheus_rules(alerts: Optional[List[Alert]] = None) -> Dict[str, Any]:
+    """The Prometheus rule file (``rule_files``) as a dict (of :data:`ALERTS` by default)."""
     rules = []
-    for a in ALERTS:
+    for a in ALERTS if alerts is None else alerts:
         value = a.value_format
         rules.append(
             {
@@ -187,6 +188,31 @@ def prometheus_rules() -> Dict[str, Any]:
 def _seconds(duration: str) -> int:
     units = {"s": 1, "m": 60, "h": 3600}
     return int(duration[:-1]) * units[duration[-1]]
+
+
+def _duration(seconds: float) -> str:
+    """A Prometheus duration: whole seconds as ``15s``, else milliseconds."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+#: How much shorter the test variant's windows and ``for:`` durations are.
+FAST_WINDOW_DIVISOR = 20
+FAST_FOR_DIVISOR = 200
+
+
+def fast_alerts(window_divisor: float = FAST_WINDOW_DIVISOR, for_divisor: float = FAST_FOR_DIVISOR) -> List[Alert]:
+    """The same rules with every window / ``for:`` divided, for end-to-end tests.
+
+    Thresholds, volume guards, severities and texts are those of
+    ``thresholds.py``: only time is compressed (5m/10m -> 15s/3s by
+    default), so a test sees an alert fire and resolve in seconds.
+    """
+    def fast(c: t.AlertThreshold) -> t.AlertThreshold:
+        return replace(c, window=_duration(_seconds(c.window) / window_divisor),
+                       for_=_duration(_seconds(c.for_) / for_divisor))
+
+    return _alerts(fast(t.TRUNCATION_RATE), fast(t.FIX_RATE), fast(t.TTFC_P95), fast(t.STALL_RATE))
 
 
 def grafana_alert_provisioning() -> Dict[str, Any]:
@@ -294,4 +320,5 @@ def alert_files() -> Dict[str, str]:
         "deploy/grafana/provisioning/alerting/llm-stream-alerts.yaml": render_yaml(
             grafana_alert_provisioning()
         ),
+        "dashboards/alerts/llm-stream-recording-rules.yaml": render_yaml(recording.rule_file()),
     }

@@ -208,10 +208,14 @@ class Prometheus(PrometheusAPI):
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = self.workdir / "prometheus.log"
 
+    def config_text(self) -> str:
+        """The prometheus.yml this process runs with (subclasses add jobs, alerting...)."""
+        return prometheus_config(self.job, self.target, self.rule_files)
+
     def start(self, timeout: float = 30.0) -> "Prometheus":
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        config.write_text(prometheus_config(self.job, self.target, self.rule_files), encoding="utf-8")
+        config.write_text(self.config_text(), encoding="utf-8")
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(
@@ -283,8 +287,9 @@ class Demo:
 
     def __init__(self, duration: float, port: Optional[int] = None, seed: int = 1,
                  extra_args: Sequence[str] = (), python: str = sys.executable,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", env: Optional[Mapping[str, str]] = None) -> None:
         self.duration, self.seed = duration, seed
+        self.env = dict(env or {})  # e.g. OTEL_SERVICE_NAME
         self.port = port or free_port(host)
         self.metrics_url = f"http://{host}:{self.port}/metrics"
         self.args = [
@@ -300,7 +305,7 @@ class Demo:
         self._reader: Optional[threading.Thread] = None
 
     def start(self) -> "Demo":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         for key in [k for k in env if k.startswith("OTEL_EXPORTER_OTLP")]:
             env.pop(key)  # Prometheus only: never ship the test traffic elsewhere
         self.started_at = time.time()

@@ -1,0 +1,117 @@
+"""The series budget of one instrumented service (see the README's "Cardinality budget").
+
+A service exposes, for every ``(gen_ai_request_model, server_address)`` pair
+it calls, one series per *combination* of the remaining low-cardinality labels
+(operation, outcome, truncation reason, is_retry, error type, token type,
+retry layer) that actually occurred, times the bucket count for histograms::
+
+    series(service) = sum over pairs of  sum over metrics of  combos(metric, pair) * width(metric)
+
+with ``width`` = 1 for counters and ``BUCKETS + 2`` (buckets, ``_sum``,
+``_count``) for histograms.  :data:`LABEL_KEYS` is the contract of which labels
+each metric carries (a new label multiplies every series: the test fails),
+:data:`COMBOS_PER_PAIR` the most combinations one pair may produce (measured
+from the demo, which exercises every outcome and reason), :data:`BUCKETS` the
+histogram bucket count of the OTel SDK's default boundaries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, FrozenSet, Iterable, Mapping, Set, Tuple
+
+from . import names as n
+
+#: Labels every series of ours carries, besides the metric's own.
+COMMON = frozenset({n.MODEL, n.SERVER, "server_port", n.RESPONSE_MODEL, "gen_ai_provider_name",
+                    "gen_ai_operation_name", "otel_scope_name", "otel_scope_version", "otel_scope_schema_url"})
+_OUTCOME_DIMS = frozenset({n.ERROR_TYPE})
+
+#: Prometheus base name -> its label keys (``le`` excluded), as exposed.
+LABEL_KEYS: Dict[str, FrozenSet[str]] = {
+    n.DURATION: COMMON | {n.ERROR_TYPE, n.OUTCOME},
+    n.TTFC: COMMON | _OUTCOME_DIMS,
+    n.CHUNK_INTERVAL: COMMON | _OUTCOME_DIMS,
+    n.CHUNKS: COMMON | _OUTCOME_DIMS,
+    n.TOKENS: COMMON | {n.TOKEN_TYPE},
+    n.OUTCOMES: COMMON | {n.ERROR_TYPE, n.OUTCOME, n.REASON, n.IS_RETRY},
+    n.STALLS: COMMON,
+    n.RETRIES: (COMMON - {n.RESPONSE_MODEL}) | {n.RETRY_LAYER},  # counted before a response
+    n.RECOVERIES: COMMON - {n.RESPONSE_MODEL},
+}
+
+#: Histogram buckets per series (the SDK's 14 default boundaries + ``+Inf``).
+BUCKETS = 15
+
+#: The most label combinations (besides model and server) one model/server pair may produce.
+COMBOS_PER_PAIR: Dict[str, int] = {
+    n.OUTCOMES: 10,  # completed, length, content_filter + truncated x reason x is_retry, failed x error type
+    n.DURATION: 8,  # outcome x error type
+    n.TTFC: 6,  # error type (streams that got a first chunk)
+    n.CHUNK_INTERVAL: 6,
+    n.CHUNKS: 6,
+    n.TOKENS: 2,  # input, output
+    n.STALLS: 1,
+    n.RETRIES: 3,  # sdk, application, helper
+    n.RECOVERIES: 1,
+}
+
+#: Pair-level labels: the budget is per (model, server) and grows with them.
+PAIR = (n.MODEL, n.SERVER)
+_NOT_COMBO = frozenset({*PAIR, "server_port", n.RESPONSE_MODEL, "le"})
+
+
+def width(base: str) -> int:
+    """Series one combination costs: 1 for a counter, buckets + _sum + _count for a histogram."""
+    return BUCKETS + 2 if n.METRICS.get(_otel(base)) and n.INSTRUMENTS[_otel(base)][0] == n.HISTOGRAM else 1
+
+
+def _otel(base: str) -> str:
+    return next(o for o, b in n.METRICS.items() if b == base)
+
+
+def budget_per_pair() -> int:
+    """Series one (model, server) pair may cost a service, at most."""
+    return sum(c * width(m) for m, c in COMBOS_PER_PAIR.items())
+
+
+def _base(series_name: str) -> str:
+    for suffix in n.HISTOGRAM_SUFFIXES:
+        if series_name.endswith(suffix) and series_name[: -len(suffix)] in LABEL_KEYS:
+            return series_name[: -len(suffix)]
+    return series_name
+
+
+def measure(samples: Iterable[Tuple[str, Mapping[str, str], float]]) -> Dict[str, object]:
+    """From one service's exposition samples ``(name, labels, value)``: what it costs.
+
+    Returns ``series`` ({base: series count}), ``keys`` ({base: label keys}),
+    ``combos`` ({base: {pair: combination count}}), ``buckets`` ({base: set of
+    bucket counts per combination}) and ``pairs``.
+    """
+    series: Dict[str, int] = defaultdict(int)
+    keys: Dict[str, Set[str]] = defaultdict(set)
+    combos: Dict[str, Dict[Tuple[str, ...], Set[Tuple]]] = defaultdict(lambda: defaultdict(set))
+    bucket_sets: Dict[Tuple[str, Tuple], int] = defaultdict(int)
+    ours = set(n.all_series_names())
+    for name, labels, _ in samples:
+        if name not in ours:
+            continue
+        base = _base(name)
+        series[base] += 1
+        keys[base] |= set(labels) - {"le"}
+        pair = tuple(labels.get(k, "") for k in PAIR)
+        combo = tuple(sorted((k, v) for k, v in labels.items() if k not in _NOT_COMBO))
+        combos[base][pair].add(combo)
+        if name.endswith("_bucket"):
+            bucket_sets[(base, pair + combo)] += 1
+    buckets: Dict[str, Set[int]] = defaultdict(set)
+    for (base, _), count in bucket_sets.items():
+        buckets[base].add(count)
+    return {
+        "series": dict(series),
+        "keys": {b: frozenset(k) for b, k in keys.items()},
+        "combos": {b: {p: len(c) for p, c in per.items()} for b, per in combos.items()},
+        "buckets": dict(buckets),
+        "pairs": {p for per in combos.values() for p in per},
+    }
