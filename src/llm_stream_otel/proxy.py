@@ -174,9 +174,11 @@ class _ObservingProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_call.abandoned()
 
     def __del__(self) -> None:
-        # The application dropped the stream without reading it to the end.
+        # The application dropped the stream without reading it to the end. The
+        # GC may run this while this thread holds a lock (the metrics SDK's):
+        # only hand the ending off (see ``handoff``).
         try:
-            self._self_call.abandoned()
+            self._self_call.abandon_later()
         except Exception:  # noqa: BLE001
             pass
 
