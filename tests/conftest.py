@@ -8,6 +8,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# The suite runs in strict mode: an internal error of ours raises instead of
+# being swallowed (tests that inject failures on purpose turn it off).
+os.environ.setdefault("OTEL_INSTRUMENTATION_LLM_STREAM_STRICT", "true")
+
 import openai  # noqa: E402
 
 from llm_stream_otel import LLMStreamInstrumentor  # noqa: E402
