@@ -26,6 +26,13 @@ def server():
 
 
 @pytest.fixture
+def lenient_mode(monkeypatch):
+    """Strict mode off, for a test that injects a failure into our code on purpose
+    (use before ``instrumented``: the setting is read at ``instrument()``)."""
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_LLM_STREAM_STRICT", "false")
+
+
+@pytest.fixture
 def telemetry():
     return make_telemetry()
 

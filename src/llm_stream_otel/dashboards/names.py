@@ -51,6 +51,7 @@ INSTRUMENTS: Dict[str, Tuple[str, str]] = {
     "llm.stream.outcomes": (COUNTER, "{stream}"),
     "llm.stream.retries": (COUNTER, "{attempt}"),
     "llm.stream.recoveries": (COUNTER, "{stream}"),
+    "llm.stream.internal_errors": (COUNTER, "{error}"),
 }
 
 #: OTel instrument name -> Prometheus base name (as observed).  Histograms
@@ -66,6 +67,7 @@ METRICS: Dict[str, str] = {
     "llm.stream.outcomes": "llm_stream_outcomes_total",
     "llm.stream.retries": "llm_stream_retries_total",
     "llm.stream.recoveries": "llm_stream_recoveries_total",
+    "llm.stream.internal_errors": "llm_stream_internal_errors_total",
 }
 
 #: OTel attribute key -> Prometheus label name (as observed).
