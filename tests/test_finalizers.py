@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 
-import openai
 
 from streaming import request_kwargs
 
