@@ -97,7 +97,7 @@ class StreamCall:
     def settle(self, settle: Callable[[float], bool]) -> None:
         if self._claim():
             self._end(settle)
-        if handoff._pending:
+        if handoff.pending:
             handoff.drain()  # endings that finalizers handed off
 
     def _end(self, settle: Callable[[float], bool], at_exit: bool = False) -> None:

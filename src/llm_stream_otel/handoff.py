@@ -20,21 +20,21 @@ from collections import deque
 from typing import Any, Deque, Tuple
 
 # (call, the moment it was dropped); the call has ``end_abandoned(now)``.
-_pending: Deque[Tuple[Any, float]] = deque()
+pending: Deque[Tuple[Any, float]] = deque()
 POLL_SECONDS = 1.0
 _drainer_started = False
 
 
 def hand_off(call: Any, now: float) -> None:
     """From a finalizer: no lock, no telemetry, nothing that can raise."""
-    _pending.append((call, now))
+    pending.append((call, now))
 
 
 def drain() -> None:
     """End every handed-off call (each ``popleft`` is atomic: threads never share one)."""
-    while _pending:
+    while pending:
         try:
-            call, now = _pending.popleft()
+            call, now = pending.popleft()
         except IndexError:
             return
         call.end_abandoned(now)
@@ -43,7 +43,7 @@ def drain() -> None:
 def _poll() -> None:
     while True:
         time.sleep(POLL_SECONDS)
-        if _pending:
+        if pending:
             try:
                 drain()
             except BaseException:  # noqa: BLE001 - strict mode raises; this thread must live on

@@ -73,7 +73,7 @@ class StreamTelemetry:
         """Start the span and monitor of one streaming call."""
         handoff.ensure_drainer()
         exit_hook.register_at_first_stream()
-        if handoff._pending:
+        if handoff.pending:
             handoff.drain()
         request = describe_request(kind, instance, kwargs)
         metric_attrs = self.metric_attributes(request.span_attributes)
