@@ -125,6 +125,12 @@ STALLS = METRICS["llm.stream.stalls"]
 OUTCOMES = METRICS["llm.stream.outcomes"]
 RETRIES = METRICS["llm.stream.retries"]
 RECOVERIES = METRICS["llm.stream.recoveries"]
+INTERNAL_ERRORS = METRICS["llm.stream.internal_errors"]
+
+#: Instruments on no dashboard panel: internal errors of ours should stay at 0
+#: (a panel would be empty, and every panel must show data); alert or graph them
+#: ad hoc (``llm_stream_internal_errors_total``).
+NOT_ON_DASHBOARDS = frozenset({INTERNAL_ERRORS})
 
 MODEL = LABELS["gen_ai.request.model"]
 RESPONSE_MODEL = LABELS["gen_ai.response.model"]
