@@ -8,6 +8,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# The suite runs in strict mode: an internal error of ours raises instead of
+# being swallowed (tests that inject failures on purpose turn it off).
+os.environ.setdefault("OTEL_INSTRUMENTATION_LLM_STREAM_STRICT", "true")
+
 import openai  # noqa: E402
 
 from llm_stream_otel import LLMStreamInstrumentor  # noqa: E402
@@ -19,6 +23,13 @@ from otel_helpers import Telemetry, make_telemetry  # noqa: E402
 def server():
     with FaultServer(chunks=6) as srv:
         yield srv
+
+
+@pytest.fixture
+def lenient_mode(monkeypatch):
+    """Strict mode off, for a test that injects a failure into our code on purpose
+    (use before ``instrumented``: the setting is read at ``instrument()``)."""
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_LLM_STREAM_STRICT", "false")
 
 
 @pytest.fixture

@@ -245,6 +245,7 @@ def test_uninstrument_restores_every_original(telemetry):
     assert all(a is b for a, b in zip(before, after))
 
 
+@pytest.mark.usefixtures("lenient_mode")  # injects a failure on purpose
 def test_broken_monitor_never_reaches_the_app(instrumented, client, caplog):
     from llm_stream_otel.monitor import StreamMonitor
 

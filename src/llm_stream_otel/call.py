@@ -3,7 +3,9 @@
 ``StreamCall`` is what the proxy and the method wrapper share. Whatever
 path a stream takes (consumed, broken, closed, garbage-collected, or the
 request failing outright) ends in ``settle_*`` -> ``_finish``, which emits
-telemetry exactly once.
+telemetry exactly once: the first ending to pop the call's one token wins
+(``list.pop`` is atomic, also on free-threaded CPython). A finalizer only
+pops the token and hands the call off (``abandon_later``); see ``handoff``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
+from . import exit_hook, handoff
 from . import telemetry as t
 from .guard import internal_error
 from .monitor import StreamMonitor
@@ -38,6 +42,8 @@ class StreamCall:
         "attempt",
         "sdk_retries",
         "done",
+        "_token",
+        "__weakref__",
     )
 
     def __init__(
@@ -57,6 +63,8 @@ class StreamCall:
         self.attempt = attempt
         self.sdk_retries = 0
         self.done = False
+        self._token = [True]  # popped by the one ending that wins
+        exit_hook.track(self)
 
     @contextmanager
     def activated(self) -> Iterator[None]:
@@ -78,10 +86,24 @@ class StreamCall:
             self.sdk_retries = retry_count
 
     # --- endings: each is safe to call many times, and never raises -----------
-    def settle(self, settle: Callable[[float], bool]) -> None:
+    def _claim(self) -> bool:
+        """The atomic finish-once flip: True for exactly one caller."""
         try:
-            if settle(time.perf_counter()):
-                self._finish()
+            self._token.pop()
+        except IndexError:
+            return False
+        return True
+
+    def settle(self, settle: Callable[[float], bool]) -> None:
+        if self._claim():
+            self._end(settle)
+        if handoff.pending:
+            handoff.drain()  # endings that finalizers handed off
+
+    def _end(self, settle: Callable[[float], bool], at_exit: bool = False) -> None:
+        try:
+            settle(time.perf_counter())
+            self._finish(at_exit)
         except Exception:  # noqa: BLE001 - our bug must not reach the app
             internal_error("stream finalization")
             self._end_span_quietly()
@@ -90,11 +112,10 @@ class StreamCall:
             # frames, which hold this call, a reference cycle that would leave the
             # SDK's suspended HTTP generators to the cyclic GC (openai 1.x/2.x on
             # httpcore can deadlock when the GC finalizes them inside the pool lock).
-            if self.done:
-                try:
-                    self.monitor.error = None
-                except Exception:  # noqa: BLE001
-                    pass
+            try:
+                self.monitor.error = None
+            except Exception:  # noqa: BLE001
+                pass
 
     def request_failed(self, exc: BaseException) -> None:
         self.settle(lambda now: self.monitor.fail_request(now, exc))
@@ -106,38 +127,65 @@ class StreamCall:
         self.settle(self.monitor.end)
 
     def abandoned(self) -> None:
-        if not self.done:
-            self.settle(self.monitor.abandon)
+        self.settle(self.monitor.abandon)
 
-    def _finish(self) -> None:
-        if self.done:
-            return
+    def abandon_later(self) -> None:
+        """From a finalizer: claim the call and hand it off; no lock, no telemetry."""
+        now = time.perf_counter()
+        if self._claim():
+            handoff.hand_off(self, now)
+
+    def end_abandoned(self, dropped_at: float) -> None:
+        """A handed-off call (already claimed) ends, as abandoned when it was dropped."""
+        self._end(lambda _now: self.monitor.abandon(dropped_at))
+
+    def end_at_exit(self) -> None:
+        """The interpreter is exiting with this stream still open."""
+        if self._claim():
+            self._end(self.monitor.abandon, at_exit=True)
+
+    def _finish(self, at_exit: bool = False) -> None:
+        """Every recording step on its own: one failing step costs only itself.
+
+        Runs in the span's context, so that metric exemplars name this span."""
         self.done = True
+        exit_hook.untrack(self)
         monitor = self.monitor
         telemetry = self.telemetry
-        is_retry = False
+        span = self.span
+        token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            if self.attempt is not None:
-                is_retry = self.attempt.is_retry
-                telemetry.retries.finish(
-                    self.attempt, monitor.outcome, self.span, self.metric_attributes, monitor.ended_at or 0.0
-                )
-            if self.sdk_retries and self.span.is_recording():
-                self.span.set_attribute(t.SDK_RETRIES, self.sdk_retries)
-            annotate_span(self.span, monitor, self.wall_start_ns, telemetry.settings.capture_content)
-            response_model = telemetry.limit_model(monitor.response_model) if monitor.response_model else None
+            is_retry = False
             try:
+                if self.attempt is not None:
+                    is_retry = self.attempt.is_retry
+                    telemetry.retries.finish(
+                        self.attempt, monitor.outcome, span, self.metric_attributes, monitor.ended_at or 0.0
+                    )
+            except Exception:  # noqa: BLE001
+                internal_error("retry bookkeeping")
+            try:
+                if span.is_recording():
+                    if self.sdk_retries:
+                        span.set_attribute(t.SDK_RETRIES, self.sdk_retries)
+                    if at_exit:
+                        span.set_attribute(t.ENDED_AT_EXIT, True)
+                annotate_span(span, monitor, self.wall_start_ns, telemetry.settings.capture_content)
+            except Exception:  # noqa: BLE001
+                internal_error("span annotation")
+            try:
+                response_model = telemetry.limit_model(monitor.response_model) if monitor.response_model else None
                 record_metrics(telemetry.instruments, monitor, self.metric_attributes, response_model, is_retry)
             except Exception:  # noqa: BLE001 - a broken meter must not cost the span its ending
                 internal_error("metric recording")
         finally:
-            self.span.end()
+            otel_context.detach(token)
+            span.end()
 
     def _end_span_quietly(self) -> None:
         try:
-            if not self.done:
-                self.done = True
-                self.span.end()
+            self.done = True
+            self.span.end()
         except Exception:  # noqa: BLE001
             internal_error("span end")
 

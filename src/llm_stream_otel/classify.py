@@ -94,3 +94,16 @@ def error_type(exc: BaseException) -> str:
 def outcome_for_finish_reason(finish_reason: str) -> str:
     """Outcome of a stream that ended with this finish reason."""
     return _FINISH_OUTCOMES.get(finish_reason, t.OUTCOME_COMPLETED)
+
+
+_LOCAL_CLOSE_NAMES = frozenset({"StreamClosed", "ClosedResourceError"})
+
+
+def closed_locally(exc: BaseException) -> bool:
+    """Did a read fail because this process closed the connection itself (the
+    app's ``stream.response.close()``), rather than the network or the server?
+    A read on a socket we closed gives EBADF (or the transport's "closed" error)."""
+    return any(
+        type(node).__name__ in _LOCAL_CLOSE_NAMES or (isinstance(node, OSError) and node.errno == errno.EBADF)
+        for node in exception_chain(exc)
+    )

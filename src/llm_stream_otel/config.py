@@ -18,6 +18,7 @@ ENV_RETRY_WINDOW = "OTEL_INSTRUMENTATION_LLM_STREAM_RETRY_WINDOW"
 ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 ENV_MAX_ATTRIBUTE_VALUES = "OTEL_INSTRUMENTATION_LLM_STREAM_MAX_ATTRIBUTE_VALUES"
 ENV_METRICS_FAST_PATH = "OTEL_INSTRUMENTATION_LLM_STREAM_METRICS_FAST_PATH"
+ENV_STRICT = "OTEL_INSTRUMENTATION_LLM_STREAM_STRICT"
 
 DEFAULT_STALL_THRESHOLD = 5.0
 DEFAULT_RETRY_WINDOW = 300.0
@@ -42,6 +43,8 @@ class Settings:
     # Merge each stream's gap histogram into the SDK's aggregation (self-tested,
     # guarded); off = one public Histogram.record() per gap.
     metrics_fast_path: bool = True
+    # Our own internal errors raise instead of being logged and swallowed (for test suites).
+    strict: bool = False
 
 
 def _positive_float(name: str, raw: Any, default: float) -> float:
@@ -108,6 +111,7 @@ def load_settings(
     capture = pick("capture_content", ENV_CAPTURE_CONTENT)
     cap = pick("max_attribute_values", ENV_MAX_ATTRIBUTE_VALUES)
     fast = pick("metrics_fast_path", ENV_METRICS_FAST_PATH)
+    strict = pick("strict", ENV_STRICT)
     return Settings(
         stall_threshold=DEFAULT_STALL_THRESHOLD
         if stall is None
@@ -120,4 +124,5 @@ def load_settings(
         if cap is None
         else _positive_int(ENV_MAX_ATTRIBUTE_VALUES, cap, DEFAULT_MAX_ATTRIBUTE_VALUES),
         metrics_fast_path=True if fast is None else _boolean(ENV_METRICS_FAST_PATH, fast, True),
+        strict=False if strict is None else _boolean(ENV_STRICT, strict, False),
     )

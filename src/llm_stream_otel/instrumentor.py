@@ -18,6 +18,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from . import exit_hook, guard, handoff
 from . import telemetry as t
 from .config import load_settings
 from .instruments import Instruments
@@ -48,7 +49,14 @@ HELPER_CLOSE_TARGETS: Tuple[Tuple[str, str, bool], ...] = (
     ("openai.lib.streaming.responses._responses", "AsyncResponseStream", True),
 )
 
-_SETTING_KEYS = ("stall_threshold", "retry_window", "capture_content", "max_attribute_values", "metrics_fast_path")
+_SETTING_KEYS = (
+    "stall_threshold",
+    "retry_window",
+    "capture_content",
+    "max_attribute_values",
+    "metrics_fast_path",
+    "strict",
+)
 
 
 def _tracer(provider: Any) -> trace.Tracer:
@@ -138,6 +146,8 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
         self.telemetry = telemetry
         set_active(telemetry)
+        guard.configure(telemetry.instruments.internal_errors, settings.strict)
+        exit_hook.register()
         for module_name, class_name, kind, is_async in PATCH_TARGETS:
             self._patch(telemetry, module_name, class_name, kind, is_async)
         for module_name, class_name, is_async in HELPER_CLOSE_TARGETS:
@@ -168,12 +178,14 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._patched.append((owner, "create"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        handoff.drain()
         while self._patched:
             owner, name = self._patched.pop()
             _remove_wrapper(owner, name, self._wrappers.get((owner, name)))
         self._wrappers = {}
         self.telemetry = None
         set_active(None)
+        guard.configure(None, False)
 
     @property
     def patched_methods(self) -> List[str]:

@@ -71,6 +71,7 @@ class Instruments:
         self.outcomes = _counter(meter, t.METRIC_OUTCOMES)
         self.retries = _counter(meter, t.METRIC_RETRIES)
         self.recoveries = _counter(meter, t.METRIC_RECOVERIES)
+        self.internal_errors = _counter(meter, t.METRIC_INTERNAL_ERRORS)
         self.gaps = GapRecorder(self.time_per_output_chunk, t.SECONDS_BUCKETS, metrics_fast_path)
 
 

@@ -279,6 +279,10 @@ class StreamMonitor:
 
     def fail_request(self, now: float, exc: BaseException) -> bool:
         """The request itself failed: no stream was returned."""
+        if not isinstance(exc, Exception):
+            # Cancelled or interrupted while waiting for the response: the app
+            # stopped, nothing failed (and there is no failed attempt to retry).
+            return self.abandon(now)
         if self._settle(now, t.OUTCOME_FAILED):
             self.error = exc
             return True

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from opentelemetry.trace import SpanKind, Tracer
 
+from . import exit_hook, handoff
 from . import telemetry as t
 from .call import StreamCall
 from .chunks import reader_for
@@ -70,6 +71,10 @@ class StreamTelemetry:
 
     def begin(self, kind: str, instance: Any, kwargs: Mapping[str, Any]) -> StreamCall:
         """Start the span and monitor of one streaming call."""
+        handoff.ensure_drainer()
+        exit_hook.register_at_first_stream()
+        if handoff.pending:
+            handoff.drain()
         request = describe_request(kind, instance, kwargs)
         metric_attrs = self.metric_attributes(request.span_attributes)
         now = time.perf_counter()

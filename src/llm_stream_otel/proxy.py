@@ -32,9 +32,34 @@ from typing import Any
 import wrapt
 
 from .call import StreamCall
+from .classify import closed_locally
 from .guard import internal_error
 
 _perf_counter = time.perf_counter
+# What a compatible server's bare JSON value (``data: 42``) becomes: not an
+# object a reader can read, and not our bug (runs only when a reader raised).
+_NOT_OBJECTS = (int, float, str, bytes, list, tuple, type(None))
+
+
+def _chunk_failed(chunk: Any) -> None:
+    """A chunk reader raised: ours to count, unless the chunk is no object at all."""
+    if not isinstance(chunk, _NOT_OBJECTS):
+        internal_error("chunk processing")
+
+
+def _closed_by_app(exc: BaseException, wrapped: Any) -> bool:
+    """Did the read fail because the app closed ``stream.response`` itself?"""
+    try:
+        return bool(wrapped.response.is_closed) and closed_locally(exc)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _read_failed(call: StreamCall, wrapped: Any, exc: BaseException) -> None:
+    if _closed_by_app(exc, wrapped):
+        call.abandoned()  # the app stopped reading
+    else:
+        call.stream_failed(exc)
 
 
 def _sync_step(wrapped: Any, on_chunk: Any, call: StreamCall) -> Any:
@@ -47,12 +72,12 @@ def _sync_step(wrapped: Any, on_chunk: Any, call: StreamCall) -> Any:
             call.stream_ended()
             raise
         except BaseException as exc:
-            call.stream_failed(exc)
+            _read_failed(call, wrapped, exc)
             raise
         try:
             on_chunk(_perf_counter(), chunk)
         except Exception:  # noqa: BLE001
-            internal_error("chunk processing")
+            _chunk_failed(chunk)
         return chunk
 
     return step
@@ -68,12 +93,12 @@ def _async_step(wrapped: Any, on_chunk: Any, call: StreamCall) -> Any:
             call.stream_ended()
             raise
         except BaseException as exc:
-            call.stream_failed(exc)
+            _read_failed(call, wrapped, exc)
             raise
         try:
             on_chunk(_perf_counter(), chunk)
         except Exception:  # noqa: BLE001
-            internal_error("chunk processing")
+            _chunk_failed(chunk)
         return chunk
 
     return step
@@ -132,12 +157,12 @@ def _sync_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCall) -> 
             try:
                 on_chunk(_perf_counter(), chunk)
             except Exception:  # noqa: BLE001
-                internal_error("chunk processing")
+                _chunk_failed(chunk)
             yield chunk
     except GeneratorExit:
         raise
     except BaseException as exc:
-        call.stream_failed(exc)
+        _read_failed(call, wrapped, exc)
         raise
     call.stream_ended()
 
@@ -152,12 +177,12 @@ async def _async_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCa
             try:
                 on_chunk(_perf_counter(), chunk)
             except Exception:  # noqa: BLE001
-                internal_error("chunk processing")
+                _chunk_failed(chunk)
             yield chunk
     except GeneratorExit:
         raise
     except BaseException as exc:
-        call.stream_failed(exc)
+        _read_failed(call, wrapped, exc)
         raise
     call.stream_ended()
 
@@ -174,9 +199,11 @@ class _ObservingProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_call.abandoned()
 
     def __del__(self) -> None:
-        # The application dropped the stream without reading it to the end.
+        # The application dropped the stream without reading it to the end. The
+        # GC may run this while this thread holds a lock (the metrics SDK's):
+        # only hand the ending off (see ``handoff``).
         try:
-            self._self_call.abandoned()
+            self._self_call.abandon_later()
         except Exception:  # noqa: BLE001
             pass
 

@@ -125,14 +125,18 @@ class ResilientRun:
         self.delivered: List[str] = []
         self.monitor: Optional[StreamMonitor] = None
         self._reader = read_response_event if "input" in kwargs and "messages" not in kwargs else read_choices_chunk
-        active = active_telemetry()
-        tracer = active.tracer if active is not None else trace.get_tracer(t.SCOPE_NAME, __version__)
-        self.span = tracer.start_span(
-            f"resilient {kwargs.get('model', '')}".strip(), kind=SpanKind.INTERNAL
-        )
+        self.span: Any = trace.INVALID_SPAN  # started by the first attempt: a helper never iterated has none
+        self._ended = False
 
     # --- one attempt ---------------------------------------------------------
+    def _start_span(self) -> None:
+        active = active_telemetry()
+        tracer = active.tracer if active is not None else trace.get_tracer(t.SCOPE_NAME, __version__)
+        self.span = tracer.start_span(f"resilient {self.kwargs.get('model', '')}".strip(), kind=SpanKind.INTERNAL)
+
     def next_request(self) -> Dict[str, Any]:
+        if self.attempt == 0:
+            self._start_span()
         self.attempt += 1
         self.monitor = StreamMonitor(time.perf_counter(), float("inf"), reader=self._reader)
         if self.policy.mode == "continue" and self.delivered:
@@ -206,9 +210,11 @@ class ResilientRun:
         return None
 
     def finish(self, exc: Optional[BaseException]) -> None:
+        """The run's result decides the status; messages stay out of the span (privacy)."""
         span = self.span
-        if not span.is_recording():
+        if self._ended or not span.is_recording():
             return
+        self._ended = True
         outcome = self.monitor.outcome if self.monitor is not None else None
         span.set_attribute(t.ATTEMPT, self.attempt)
         span.set_attribute(t.OUTCOME, outcome or t.OUTCOME_ABANDONED)
@@ -220,8 +226,9 @@ class ResilientRun:
         span.end()
 
     def abandon(self) -> None:
-        """The consumer stopped early (generator closed)."""
-        if self.span.is_recording():
+        """The run stopped without a result (generator closed, task cancelled, interrupted)."""
+        if not self._ended and self.span.is_recording():
+            self._ended = True
             self.span.set_attribute(t.ATTEMPT, self.attempt)
             self.span.set_attribute(t.OUTCOME, t.OUTCOME_ABANDONED)
             self.span.end()
@@ -233,7 +240,11 @@ class _AttemptContext:
         self._tokens: List[Any] = []
 
     def __enter__(self) -> None:
-        self._span_cm = trace.use_span(self._run.span, end_on_exit=False)
+        # An attempt's exception must not mark the run ERROR (it may recover) nor
+        # export its message: the run's result sets the status (``finish``).
+        self._span_cm = trace.use_span(
+            self._run.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
         self._span_cm.__enter__()
         self._token = chain_override.set((self._run.chain_key, t.RETRY_LAYER_HELPER))
 
@@ -275,11 +286,14 @@ def _sync_loop(run: ResilientRun) -> Iterator[Any]:
             if delay is None:
                 return
             time.sleep(delay)
-    except GeneratorExit:
-        if stream is not None:
-            _close_quietly(stream)
-        run.abandon()
-        raise
+    finally:
+        # Every way out (result, give-up, close, KeyboardInterrupt): the inner
+        # stream is closed and the span ended (as abandoned if no result came).
+        try:
+            if stream is not None:
+                _close_quietly(stream)
+        finally:
+            run.abandon()
 
 
 def aresilient_stream(create: Callable[..., Any], **options: Any) -> AsyncIterator[Any]:
@@ -306,8 +320,10 @@ async def _async_loop(run: ResilientRun) -> AsyncIterator[Any]:
             if delay is None:
                 return
             await asyncio.sleep(delay)
-    except GeneratorExit:
-        if stream is not None:
-            await _close_quietly(stream)
-        run.abandon()
-        raise
+    finally:
+        # Also on cancellation (CancelledError is no Exception).
+        try:
+            if stream is not None:
+                await _close_quietly(stream)
+        finally:
+            run.abandon()

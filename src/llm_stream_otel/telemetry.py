@@ -58,6 +58,8 @@ ATTEMPT = "llm.stream.attempt"
 SDK_RETRIES = "llm.stream.sdk_retries"
 RECOVERED_AFTER_ATTEMPTS = "llm.stream.recovered_after_attempts"
 STALL_THRESHOLD = "llm.stream.stall_threshold"
+ENDED_AT_EXIT = "llm.stream.ended_at_exit"
+ERROR_PLACE = "llm.stream.error.place"
 
 # --- span events --------------------------------------------------------------
 EVENT_STALL = "llm.stream.stall"
@@ -109,6 +111,7 @@ METRIC_STALLS = "llm.stream.stalls"
 METRIC_OUTCOMES = "llm.stream.outcomes"
 METRIC_RETRIES = "llm.stream.retries"
 METRIC_RECOVERIES = "llm.stream.recoveries"
+METRIC_INTERNAL_ERRORS = "llm.stream.internal_errors"
 
 UNIT_SECONDS = "s"
 UNIT_TOKEN = "{token}"
@@ -116,6 +119,7 @@ UNIT_CHUNK = "{chunk}"
 UNIT_STALL = "{stall}"
 UNIT_STREAM = "{stream}"
 UNIT_ATTEMPT = "{attempt}"
+UNIT_ERROR = "{error}"
 
 # Semconv-advised buckets: 0.01 s doubling to 81.92 s; tokens 1 .. 4**13.
 SECONDS_BUCKETS: Tuple[float, ...] = tuple(round(0.01 * 2**i, 2) for i in range(14))
@@ -133,4 +137,5 @@ METRICS = {
     METRIC_OUTCOMES: ("counter", UNIT_STREAM, "Streams by outcome and truncation reason."),
     METRIC_RETRIES: ("counter", UNIT_ATTEMPT, "Retry attempts by layer (sdk, application, helper)."),
     METRIC_RECOVERIES: ("counter", UNIT_STREAM, "Truncated calls that a later attempt completed."),
+    METRIC_INTERNAL_ERRORS: ("counter", UNIT_ERROR, "Errors inside llm_stream_otel itself (swallowed), by place."),
 }

@@ -60,10 +60,11 @@ def _send(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: di
     return _wrap_result(result, call, False)
 
 
-async def _send_async(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+async def _send_async(call: StreamCall, request: Any) -> Any:
+    """Await the request the SDK's ``create`` returned (its body runs here, under our span)."""
     with call.activated():
         try:
-            result = await wrapped(*args, **kwargs)
+            result = await request
         except BaseException as exc:
             call.request_failed(exc)
             raise
@@ -105,14 +106,19 @@ def helper_close_wrapper(is_async: bool) -> Callable[..., Any]:
 
 def method_wrapper(telemetry: StreamTelemetry, kind: str, is_async: bool) -> Callable[..., Any]:
     """The wrapt wrapper for one ``create`` method (``kind``: chat, responses, completions)."""
-    send = _send_async if is_async else _send
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         if not _wants_stream(kwargs):
             return wrapped(*args, **kwargs)
+        if is_async:
+            # Call at once: an argument error raises here, as without us, and
+            # records nothing. The coroutine's body runs when it is awaited.
+            request = wrapped(*args, **kwargs)
+            call = _begin(telemetry, kind, instance, kwargs)
+            return request if call is None else _send_async(call, request)
         call = _begin(telemetry, kind, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        return send(call, wrapped, args, kwargs)
+        return _send(call, wrapped, args, kwargs)
 
     return wrapper

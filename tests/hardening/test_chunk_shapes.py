@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, List
 
+import pytest
+
 from hardening_scripts import Scenario, consume
 from llm_stream_otel import telemetry as t
 from test_transparency_property import Instrumented
@@ -47,6 +49,7 @@ def test_repeated_finish_for_one_choice_does_not_complete_the_other(client, our_
     assert (attrs[t.OUTCOME], attrs.get(t.TRUNCATION_REASON)) == (t.OUTCOME_TRUNCATED, t.REASON_MISSING_TERMINATOR)
 
 
+@pytest.mark.usefixtures("lenient_mode")  # a reader bug (chunks.py), survived, not raised
 def test_non_object_choices_are_survived(client, our_logs):
     """Garbage inside ``choices`` (a string) costs our reading of that chunk, never the app."""
     events = [_chunk(["not a choice"]), _chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]), "[DONE]"]

@@ -51,6 +51,7 @@ INSTRUMENTS: Dict[str, Tuple[str, str]] = {
     "llm.stream.outcomes": (COUNTER, "{stream}"),
     "llm.stream.retries": (COUNTER, "{attempt}"),
     "llm.stream.recoveries": (COUNTER, "{stream}"),
+    "llm.stream.internal_errors": (COUNTER, "{error}"),
 }
 
 #: OTel instrument name -> Prometheus base name (as observed).  Histograms
@@ -66,6 +67,7 @@ METRICS: Dict[str, str] = {
     "llm.stream.outcomes": "llm_stream_outcomes_total",
     "llm.stream.retries": "llm_stream_retries_total",
     "llm.stream.recoveries": "llm_stream_recoveries_total",
+    "llm.stream.internal_errors": "llm_stream_internal_errors_total",
 }
 
 #: OTel attribute key -> Prometheus label name (as observed).
@@ -123,6 +125,12 @@ STALLS = METRICS["llm.stream.stalls"]
 OUTCOMES = METRICS["llm.stream.outcomes"]
 RETRIES = METRICS["llm.stream.retries"]
 RECOVERIES = METRICS["llm.stream.recoveries"]
+INTERNAL_ERRORS = METRICS["llm.stream.internal_errors"]
+
+#: Instruments on no dashboard panel: internal errors of ours should stay at 0
+#: (a panel would be empty, and every panel must show data); alert or graph them
+#: ad hoc (``llm_stream_internal_errors_total``).
+NOT_ON_DASHBOARDS = frozenset({INTERNAL_ERRORS})
 
 MODEL = LABELS["gen_ai.request.model"]
 RESPONSE_MODEL = LABELS["gen_ai.response.model"]
