@@ -20,6 +20,7 @@ from .guard import internal_error
 from .monitor import StreamMonitor
 from .recorder import annotate_span, record_metrics
 from .sdk_retries import current_call
+from .wire import WireWatch, read_wire
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import StreamTelemetry
@@ -38,6 +39,7 @@ class StreamCall:
         "attempt",
         "sdk_retries",
         "done",
+        "wire",
     )
 
     def __init__(
@@ -57,6 +59,7 @@ class StreamCall:
         self.attempt = attempt
         self.sdk_retries = 0
         self.done = False
+        self.wire: "Optional[WireWatch]" = None  # set by the method wrapper (see wire.py)
 
     @contextmanager
     def activated(self) -> Iterator[None]:
@@ -96,17 +99,33 @@ class StreamCall:
                 except Exception:  # noqa: BLE001
                     pass
 
+    def _read_wire(self) -> None:
+        """Once, when the stream ends: what its last SSE event was (see wire.py)."""
+        wire = self.wire
+        if wire is None:
+            return
+        self.wire = None
+        try:
+            read_wire(self.monitor, wire)
+        except Exception:  # noqa: BLE001
+            internal_error("wire observation")
+        finally:
+            wire.release()
+
     def request_failed(self, exc: BaseException) -> None:
         self.settle(lambda now: self.monitor.fail_request(now, exc))
 
     def stream_failed(self, exc: BaseException) -> None:
+        self._read_wire()
         self.settle(lambda now: self.monitor.fail_stream(now, exc))
 
     def stream_ended(self) -> None:
+        self._read_wire()
         self.settle(self.monitor.end)
 
     def abandoned(self) -> None:
         if not self.done:
+            self._read_wire()
             self.settle(self.monitor.abandon)
 
     def _finish(self) -> None:

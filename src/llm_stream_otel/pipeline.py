@@ -23,6 +23,7 @@ from .limits import CardinalityLimiter
 from .monitor import StreamMonitor
 from .request import describe_request
 from .retries import RetryTracker
+from .wire import strategy as wire_strategy
 
 
 # The telemetry of the instrumentor that is active now, if any: the resilient
@@ -50,6 +51,8 @@ class StreamTelemetry:
         self.limit_model = CardinalityLimiter(settings.max_attribute_values)
         self.limit_server = CardinalityLimiter(settings.max_attribute_values)
         self.retries = RetryTracker(instruments, settings.retry_window)
+        # How [DONE] is observed on the wire with this SDK (None: it is not; see wire.py).
+        self.wire_strategy = wire_strategy()
 
     def metric_attributes(self, span_attributes: Mapping[str, Any]) -> dict:
         """The low-cardinality subset of the request attributes, for metrics."""

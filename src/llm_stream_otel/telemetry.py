@@ -58,6 +58,9 @@ ATTEMPT = "llm.stream.attempt"
 SDK_RETRIES = "llm.stream.sdk_retries"
 RECOVERED_AFTER_ATTEMPTS = "llm.stream.recovered_after_attempts"
 STALL_THRESHOLD = "llm.stream.stall_threshold"
+FINISH_REASON_MISSING = "llm.stream.finish_reason_missing"
+ERROR_AFTER_END = "llm.stream.error_after_end"
+RETRY_EVIDENCE = "llm.stream.retry.evidence"
 
 # --- span events --------------------------------------------------------------
 EVENT_STALL = "llm.stream.stall"
@@ -98,6 +101,9 @@ TRUNCATION_REASONS: Tuple[str, ...] = (
 RETRY_LAYER_SDK = "sdk"
 RETRY_LAYER_APPLICATION = "application"
 RETRY_LAYER_HELPER = "helper"
+
+RETRY_EVIDENCE_TRACE = "trace"
+RETRY_EVIDENCE_FINGERPRINT = "fingerprint"
 
 # --- metric instruments: (name, unit, description) ---------------------------
 METRIC_DURATION = "gen_ai.client.operation.duration"
