@@ -48,7 +48,7 @@ HELPER_CLOSE_TARGETS: Tuple[Tuple[str, str, bool], ...] = (
     ("openai.lib.streaming.responses._responses", "AsyncResponseStream", True),
 )
 
-_SETTING_KEYS = ("stall_threshold", "retry_window", "capture_content", "max_attribute_values", "metrics_fast_path")
+_SETTING_KEYS = ("stall_threshold", "retry_window", "capture_content", "max_attribute_values", "metrics_fast_path", "app_retries")
 
 
 def _tracer(provider: Any) -> trace.Tracer:

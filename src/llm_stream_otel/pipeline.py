@@ -23,6 +23,7 @@ from .limits import CardinalityLimiter
 from .monitor import StreamMonitor
 from .request import describe_request
 from .retries import RetryTracker
+from .retry_scope import retry_scope
 from .wire import strategy as wire_strategy
 
 
@@ -76,7 +77,12 @@ class StreamTelemetry:
         request = describe_request(kind, instance, kwargs)
         metric_attrs = self.metric_attributes(request.span_attributes)
         now = time.perf_counter()
-        attempt = self.retries.start(request_fingerprint(kind, request.base_url, kwargs), now, metric_attrs)
+        scope = retry_scope(self.settings.app_retries, instance)
+        fingerprint = request_fingerprint(kind, request.base_url, kwargs) if scope is not None else None
+        if scope is not None and fingerprint is not None:
+            attempt = self.retries.start(scope[0] + fingerprint, now, metric_attrs, scope[1])
+        else:
+            attempt = self.retries.start(None, now, metric_attrs)
         name = f"{request.operation} {request.model}" if request.model else request.operation
         wall_start_ns = time.time_ns()
         span = self.tracer.start_span(
