@@ -136,7 +136,9 @@ def run_corpus(telemetry, names, progress: bool = False) -> corpus.Results:
                 print(f"== corpus: {number}/{len(cases)} sync cases", file=sys.stderr, flush=True)
 
         async def run_async() -> None:
-            for body, kind, (served, ending) in cases:
+            for number, (body, kind, (served, ending)) in enumerate(cases, 1):
+                if progress and number % 200 == 0:
+                    print(f"== corpus: {number}/{len(cases)} async cases", file=sys.stderr, flush=True)
                 token = f"c{next(_tokens)}"
                 server.add(token, served, ending)
                 endpoint, kwargs = _request(body, token)
@@ -166,6 +168,7 @@ def test_corpus_sample(instrumented):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_corpus_whole(instrumented):
     started = time.perf_counter()
     results = run_corpus(instrumented, corpus.names(), progress=True)
