@@ -129,3 +129,122 @@ def test_fingerprint_table_is_bounded(telemetry):
     # the newest are kept, the oldest evicted
     assert tracker.start((499).to_bytes(16, "big"), 500.0, {}).is_retry
     assert not tracker.start((0).to_bytes(16, "big"), 500.0, {}).is_retry
+
+
+# --- issue 12: whose repeat is a retry ---------------------------------------
+
+
+def test_retry_loop_inside_one_trace_is_a_retry_by_trace_evidence(instrumented, client):
+    tracer = instrumented.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("handler"):
+        assert app_retry_loop(client, "reset_between;after=2;first=1", unique_prompt("traced")) == 2
+    first, second = sorted(instrumented.stream_spans(), key=lambda s: s.start_time)
+    assert second.attributes[t.IS_RETRY] is True
+    assert second.attributes[t.RETRY_EVIDENCE] == "trace"
+    assert t.RETRY_EVIDENCE not in first.attributes
+    assert instrumented.total(t.METRIC_RECOVERIES) == 1
+
+
+def test_same_request_in_two_traces_is_not_a_retry(instrumented, client):
+    tracer = instrumented.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("user-1"):
+        consume(client, "chat", "reset_between;after=1", prompt="hi")
+    with tracer.start_as_current_span("user-2"):
+        consume(client, "chat", "none", prompt="hi")
+    assert instrumented.total(t.METRIC_RETRIES, llm__stream__retry__layer="application") == 0
+    assert instrumented.total(t.METRIC_RECOVERIES) == 0
+
+
+def test_untraced_script_retry_loop_counts_by_fingerprint(instrumented, client):
+    assert app_retry_loop(client, "reset_between;after=2;first=1", unique_prompt("script")) == 2
+    second = sorted(instrumented.stream_spans(), key=lambda s: s.start_time)[1]
+    assert second.attributes[t.RETRY_EVIDENCE] == "fingerprint"
+    assert instrumented.total(t.METRIC_RECOVERIES) == 1
+
+
+def test_unrelated_clients_sending_hi_do_not_count(instrumented, server):
+    with openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0) as one, openai.OpenAI(
+        base_url=server.base_url, api_key="k", max_retries=0
+    ) as other:
+        consume(one, "chat", "reset_between;after=1", prompt="hi")
+        consume(other, "chat", "none", prompt="hi")
+    assert instrumented.total(t.METRIC_RETRIES, llm__stream__retry__layer="application") == 0
+    assert instrumented.total(t.METRIC_RECOVERIES) == 0
+
+
+def test_unrelated_threads_sending_hi_do_not_count(instrumented, client):
+    import threading
+
+    for fault in ("reset_between;after=1", "none"):  # one after the other, each in its own thread
+        thread = threading.Thread(target=consume, args=(client, "chat", fault), kwargs={"prompt": "hi"})
+        thread.start()
+        thread.join()
+    assert instrumented.total(t.METRIC_RETRIES, llm__stream__retry__layer="application") == 0
+    assert instrumented.total(t.METRIC_RECOVERIES) == 0
+
+
+def _instrument(telemetry, **kw):
+    from llm_stream_otel import LLMStreamInstrumentor
+
+    instrumentor = LLMStreamInstrumentor()
+    instrumentor.instrument(tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider, **kw)
+    return instrumentor
+
+
+def test_trace_mode_ignores_untraced_repeats(telemetry, client):
+    instrumentor = _instrument(telemetry, app_retries="trace")
+    try:
+        assert app_retry_loop(client, "reset_between;after=2;first=1", unique_prompt("trace-mode")) == 2
+        with telemetry.tracer_provider.get_tracer("app").start_as_current_span("handler"):
+            assert app_retry_loop(client, "reset_between;after=2;first=1", unique_prompt("trace-mode-2")) == 2
+    finally:
+        instrumentor.uninstrument()
+    assert telemetry.total(t.METRIC_RETRIES, llm__stream__retry__layer="application") == 1
+    assert telemetry.total(t.METRIC_RECOVERIES) == 1
+
+
+def test_off_mode_attributes_no_application_retry(telemetry, client, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_LLM_STREAM_APP_RETRIES", "off")
+    instrumentor = _instrument(telemetry)
+    try:
+        with telemetry.tracer_provider.get_tracer("app").start_as_current_span("handler"):
+            assert app_retry_loop(client, "reset_between;after=2;first=1", unique_prompt("off")) == 2
+    finally:
+        instrumentor.uninstrument()
+    assert telemetry.total(t.METRIC_RETRIES) == 0
+    assert telemetry.total(t.METRIC_RECOVERIES) == 0
+    assert all(s.attributes.get(t.IS_RETRY) is not True for s in telemetry.stream_spans())
+
+
+def test_bad_app_retries_value_warns_and_uses_auto(caplog):
+    from llm_stream_otel.config import ENV_APP_RETRIES, load_settings
+
+    with caplog.at_level("WARNING"):
+        settings = load_settings(environ={ENV_APP_RETRIES: "sometimes"})
+    assert settings.app_retries == "auto"
+    assert ENV_APP_RETRIES in caplog.text
+    assert load_settings(environ={ENV_APP_RETRIES: " TRACE "}).app_retries == "trace"
+
+
+def _image_request(url):
+    return dict(model="m", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}]}])
+
+
+def test_fingerprint_is_bounded_in_request_size():
+    """O(1) in the request size: a 4 MB image message costs about what "hi" costs."""
+    import base64
+    import os
+    import timeit
+
+    from llm_stream_otel.fingerprint import request_fingerprint
+
+    image = "data:image/png;base64," + base64.b64encode(os.urandom(3_000_000)).decode()
+    big, small = _image_request(image), dict(model="m", messages=[{"role": "user", "content": "hi"}])
+
+    def cost(kw):
+        return min(timeit.repeat(lambda: request_fingerprint("chat", "u", kw), number=200, repeat=5)) / 200
+
+    assert cost(big) < 5 * cost(small) + 20e-6
+    other = _image_request(image[:-10] + "AAAAAAAAAA")  # same length, different end
+    assert request_fingerprint("chat", "u", big) != request_fingerprint("chat", "u", other)

@@ -24,6 +24,7 @@ from .guard import internal_error
 from .monitor import StreamMonitor
 from .recorder import annotate_span, record_metrics
 from .sdk_retries import current_call
+from .wire import WireWatch, read_wire
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import StreamTelemetry
@@ -44,6 +45,7 @@ class StreamCall:
         "done",
         "_token",
         "__weakref__",
+        "wire",
     )
 
     def __init__(
@@ -64,6 +66,7 @@ class StreamCall:
         self.sdk_retries = 0
         self.done = False
         self._token = [True]  # popped by the one ending that wins
+        self.wire: "Optional[WireWatch]" = None  # set by the method wrapper (see wire.py)
         exit_hook.track(self)
 
     @contextmanager
@@ -102,6 +105,7 @@ class StreamCall:
 
     def _end(self, settle: Callable[[float], bool], at_exit: bool = False) -> None:
         try:
+            self._read_wire()  # before the outcome is decided: was [DONE] the last event?
             settle(time.perf_counter())
             self._finish(at_exit)
         except Exception:  # noqa: BLE001 - our bug must not reach the app
@@ -116,6 +120,19 @@ class StreamCall:
                 self.monitor.error = None
             except Exception:  # noqa: BLE001
                 pass
+
+    def _read_wire(self) -> None:
+        """Once, when the stream ends: what its last SSE event was (see wire.py)."""
+        wire = self.wire
+        if wire is None:
+            return
+        self.wire = None
+        try:
+            read_wire(self.monitor, wire)
+        except Exception:  # noqa: BLE001
+            internal_error("wire observation")
+        finally:
+            wire.release()
 
     def request_failed(self, exc: BaseException) -> None:
         self.settle(lambda now: self.monitor.fail_request(now, exc))

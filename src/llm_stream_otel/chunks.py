@@ -24,6 +24,8 @@ def read_choices_chunk(monitor: StreamMonitor, chunk: Any) -> None:
             finish_reason = choice.finish_reason
             if finish_reason is not None:
                 monitor.finish(index, finish_reason)
+                if monitor.input_tokens is None:
+                    read_provider_usage(monitor, chunk)
             elif index > monitor.max_choice:
                 monitor.saw_choice(index)
             if monitor.content is not None:
@@ -33,11 +35,53 @@ def read_choices_chunk(monitor: StreamMonitor, chunk: Any) -> None:
     except AttributeError:  # chunk types of SDKs older than the usage chunk
         usage = None
     if usage is not None:
-        monitor.input_tokens = getattr(usage, "prompt_tokens", None)
-        monitor.output_tokens = getattr(usage, "completion_tokens", None)
+        read_usage(monitor, usage)
+    # Azure's first chunk (prompt filter results) has "id": "" and "model": "":
+    # each is taken from its first non-empty value.
+    if monitor.response_model is None or monitor.response_id is None:
+        _read_ids(monitor, chunk)
+
+
+def _read_ids(monitor: StreamMonitor, chunk: Any) -> None:
     if monitor.response_id is None:
-        monitor.response_id = getattr(chunk, "id", None)
-        monitor.response_model = getattr(chunk, "model", None)
+        monitor.response_id = getattr(chunk, "id", None) or None
+    if monitor.response_model is None:
+        monitor.response_model = getattr(chunk, "model", None) or None
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def read_usage(monitor: StreamMonitor, usage: Any) -> None:
+    """Chat/completions usage (``prompt_tokens`` / ``completion_tokens``), an object or a plain dict."""
+    monitor.input_tokens = _field(usage, "prompt_tokens")
+    monitor.output_tokens = _field(usage, "completion_tokens")
+
+
+def _extra(chunk: Any, name: str) -> Any:
+    extra = getattr(chunk, "__pydantic_extra__", None)
+    if isinstance(extra, dict):
+        return extra.get(name)
+    return getattr(chunk, name, None)  # pydantic v1 keeps extra fields as attributes
+
+
+def read_provider_usage(monitor: StreamMonitor, chunk: Any) -> None:
+    """Usage in documented provider-specific places, read only once a choice finishes.
+
+    Groq: ``x_groq.usage`` on the chunk that carries the finish reason (the
+    only usage some Groq streams send).
+    """
+    groq = _extra(chunk, "x_groq")
+    usage = _field(groq, "usage") if groq is not None else None
+    if usage is not None:
+        read_usage(monitor, usage)
+
+
+def read_error_object_usage(monitor: StreamMonitor, data: Any) -> None:
+    """OpenRouter: an error object after the finish (e.g. ``length``) carries the usage at its top level."""
+    if isinstance(data, dict) and data.get("error") and isinstance(data.get("usage"), dict):
+        read_usage(monitor, data["usage"])
 
 
 def _capture_choice_text(monitor: StreamMonitor, choice: Any) -> None:

@@ -19,6 +19,7 @@ ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 ENV_MAX_ATTRIBUTE_VALUES = "OTEL_INSTRUMENTATION_LLM_STREAM_MAX_ATTRIBUTE_VALUES"
 ENV_METRICS_FAST_PATH = "OTEL_INSTRUMENTATION_LLM_STREAM_METRICS_FAST_PATH"
 ENV_STRICT = "OTEL_INSTRUMENTATION_LLM_STREAM_STRICT"
+ENV_APP_RETRIES = "OTEL_INSTRUMENTATION_LLM_STREAM_APP_RETRIES"
 
 DEFAULT_STALL_THRESHOLD = 5.0
 DEFAULT_RETRY_WINDOW = 300.0
@@ -27,6 +28,8 @@ DEFAULT_MAX_ATTRIBUTE_VALUES = 100
 # up a span exporter's payload.
 CONTENT_CAPTURE_LIMIT = 4096
 STALL_EVENT_LIMIT = 10
+DEFAULT_APP_RETRIES = "auto"
+APP_RETRIES_MODES = ("auto", "trace", "off")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -45,6 +48,8 @@ class Settings:
     metrics_fast_path: bool = True
     # Our own internal errors raise instead of being logged and swallowed (for test suites).
     strict: bool = False
+    # Application retry attribution: auto | trace | off (see retry_scope.py).
+    app_retries: str = DEFAULT_APP_RETRIES
 
 
 def _positive_float(name: str, raw: Any, default: float) -> float:
@@ -91,6 +96,14 @@ def _capture_content(name: str, raw: Any, default: bool) -> bool:
     return _boolean(name, raw, default)
 
 
+def _choice(name: str, raw: Any, choices: tuple, default: str) -> str:
+    text = str(raw).strip().lower()
+    if text in choices:
+        return text
+    _logger.warning("llm_stream_otel: %s=%r is not one of %s; using %s", name, raw, "|".join(choices), default)
+    return default
+
+
 def load_settings(
     overrides: Optional[Mapping[str, Any]] = None,
     environ: Optional[Mapping[str, str]] = None,
@@ -112,6 +125,7 @@ def load_settings(
     cap = pick("max_attribute_values", ENV_MAX_ATTRIBUTE_VALUES)
     fast = pick("metrics_fast_path", ENV_METRICS_FAST_PATH)
     strict = pick("strict", ENV_STRICT)
+    app_retries = pick("app_retries", ENV_APP_RETRIES)
     return Settings(
         stall_threshold=DEFAULT_STALL_THRESHOLD
         if stall is None
@@ -125,4 +139,7 @@ def load_settings(
         else _positive_int(ENV_MAX_ATTRIBUTE_VALUES, cap, DEFAULT_MAX_ATTRIBUTE_VALUES),
         metrics_fast_path=True if fast is None else _boolean(ENV_METRICS_FAST_PATH, fast, True),
         strict=False if strict is None else _boolean(ENV_STRICT, strict, False),
+        app_retries=DEFAULT_APP_RETRIES
+        if app_retries is None
+        else _choice(ENV_APP_RETRIES, app_retries, APP_RETRIES_MODES, DEFAULT_APP_RETRIES),
     )

@@ -7,6 +7,7 @@ from importlib import metadata
 from typing import List, Tuple
 
 from .config import (
+    ENV_APP_RETRIES,
     ENV_CAPTURE_CONTENT,
     ENV_MAX_ATTRIBUTE_VALUES,
     ENV_METRICS_FAST_PATH,
@@ -34,6 +35,7 @@ _ENV = {
     "capture_content": ENV_CAPTURE_CONTENT,
     "max_attribute_values": ENV_MAX_ATTRIBUTE_VALUES,
     "metrics_fast_path": ENV_METRICS_FAST_PATH,
+    "app_retries": ENV_APP_RETRIES,
 }
 
 
@@ -71,6 +73,19 @@ def patched_methods() -> List[str]:
         instrumentor.uninstrument()
 
 
+def wire_report() -> str:
+    """How the end of a stream is judged with the installed SDK (see wire.py)."""
+    from .wire import strategy
+
+    how = strategy()
+    if how is None:
+        return (
+            "NOT observed (openai._streaming.Stream._iter_events not found): a stream without "
+            "finish reasons counts as truncated/missing_terminator even when the server sent [DONE]"
+        )
+    return f"observed ({how}: the SDK's SSE events, hooked once per stream)"
+
+
 def report() -> str:
     lines = ["versions:"]
     lines += [f"  {name:40s} {version}" for name, version in versions()]
@@ -80,6 +95,7 @@ def report() -> str:
         lines += [f"  {m}" for m in methods] or ["  nothing (is openai installed?)"]
     except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
         lines.append(f"  could not instrument: {type(exc).__name__}: {exc}")
+    lines += ["", f"[DONE] on the wire: {wire_report()}"]
     lines += ["", "effective configuration (environment, defaults for bad values):"]
     for key, value in asdict(load_settings()).items():
         env = _ENV.get(key, "")

@@ -56,6 +56,7 @@ _SETTING_KEYS = (
     "max_attribute_values",
     "metrics_fast_path",
     "strict",
+    "app_retries",
 )
 
 

@@ -14,7 +14,7 @@ from math import nextafter
 from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 from . import telemetry as t
-from .classify import outcome_for_finish_reason, truncation_reason
+from .classify import error_type, outcome_for_finish_reason, truncation_reason
 
 ChunkReader = Callable[["StreamMonitor", Any], None]
 
@@ -60,6 +60,9 @@ class StreamMonitor:
         "error",
         "content",
         "content_limit",
+        "done_seen",
+        "finish_reason_missing",
+        "error_after_end",
     )
 
     def __init__(
@@ -103,6 +106,10 @@ class StreamMonitor:
         self.error: Optional[BaseException] = None
         self.content: Optional[List[str]] = [] if content_limit > 0 else None
         self.content_limit = content_limit
+        # Wire facts, set once when the stream ends (see wire.py): None = not observed.
+        self.done_seen: Optional[bool] = None
+        self.finish_reason_missing = False
+        self.error_after_end: Optional[str] = None
 
     # --- the hot path -------------------------------------------------------
     def chunk(self, now: float, chunk: Any) -> None:
@@ -247,12 +254,30 @@ class StreamMonitor:
                 worst = outcome
         return worst
 
+    def _settle_complete(self, now: float) -> bool:
+        """Every choice finished, or the server sent ``[DONE]`` (then some finish reason was missing)."""
+        if not self._settle(now, self._terminal_outcome()):
+            return False
+        self.finish_reason_missing = not self.terminal
+        return True
+
+    @property
+    def complete(self) -> bool:
+        """Did the stream reach its end: all finish reasons, or a ``[DONE]`` on the wire?"""
+        return self.terminal or self.done_seen is True
+
     def end(self, now: float) -> bool:
-        """The stream ended without an exception (StopIteration)."""
+        """The stream ended without an exception (StopIteration).
+
+        Rules: finish reasons for every choice -> their outcome (with or without
+        ``[DONE]``); ``[DONE]`` without them -> completed, finish reason missing;
+        neither -> truncated/missing_terminator. Where the wire is not observed
+        (``done_seen`` None) only the finish reasons count.
+        """
         if self.error_event:
             return self._settle(now, t.OUTCOME_TRUNCATED, t.REASON_ERROR_EVENT)
-        if self.terminal:
-            return self._settle(now, self._terminal_outcome())
+        if self.complete:
+            return self._settle_complete(now)
         # The SDK raises nothing here: the body just stopped.
         return self._settle(now, t.OUTCOME_TRUNCATED, t.REASON_MISSING_TERMINATOR)
 
@@ -261,9 +286,12 @@ class StreamMonitor:
         if not isinstance(exc, Exception):
             # KeyboardInterrupt, task cancellation, GeneratorExit: the app stopped.
             return self.abandon(now)
-        if self.terminal and not self.error_event:
-            # Everything arrived; the connection broke afterwards.
-            return self._settle(now, self._terminal_outcome())
+        if self.complete and not self.error_event:
+            # Everything arrived; the connection broke afterwards: keep the outcome, note the error.
+            if self._settle_complete(now):
+                self.error_after_end = error_type(exc)
+                return True
+            return False
         if self._settle(now, t.OUTCOME_TRUNCATED, truncation_reason(exc)):
             self.error = exc
             return True
@@ -273,8 +301,8 @@ class StreamMonitor:
         """The application closed or dropped the stream before its end."""
         if self.error_event:
             return self._settle(now, t.OUTCOME_TRUNCATED, t.REASON_ERROR_EVENT)
-        if self.terminal:
-            return self._settle(now, self._terminal_outcome())
+        if self.complete:
+            return self._settle_complete(now)
         return self._settle(now, t.OUTCOME_ABANDONED)
 
     def fail_request(self, now: float, exc: BaseException) -> bool:

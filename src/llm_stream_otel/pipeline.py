@@ -24,6 +24,8 @@ from .limits import CardinalityLimiter
 from .monitor import StreamMonitor
 from .request import describe_request
 from .retries import RetryTracker
+from .retry_scope import retry_scope
+from .wire import strategy as wire_strategy
 
 
 # The telemetry of the instrumentor that is active now, if any: the resilient
@@ -51,6 +53,8 @@ class StreamTelemetry:
         self.limit_model = CardinalityLimiter(settings.max_attribute_values)
         self.limit_server = CardinalityLimiter(settings.max_attribute_values)
         self.retries = RetryTracker(instruments, settings.retry_window)
+        # How [DONE] is observed on the wire with this SDK (None: it is not; see wire.py).
+        self.wire_strategy = wire_strategy()
 
     def metric_attributes(self, span_attributes: Mapping[str, Any]) -> dict:
         """The low-cardinality subset of the request attributes, for metrics."""
@@ -78,7 +82,12 @@ class StreamTelemetry:
         request = describe_request(kind, instance, kwargs)
         metric_attrs = self.metric_attributes(request.span_attributes)
         now = time.perf_counter()
-        attempt = self.retries.start(request_fingerprint(kind, request.base_url, kwargs), now, metric_attrs)
+        scope = retry_scope(self.settings.app_retries, instance)
+        fingerprint = request_fingerprint(kind, request.base_url, kwargs) if scope is not None else None
+        if scope is not None and fingerprint is not None:
+            attempt = self.retries.start(scope[0] + fingerprint, now, metric_attrs, scope[1])
+        else:
+            attempt = self.retries.start(None, now, metric_attrs)
         name = f"{request.operation} {request.model}" if request.model else request.operation
         wall_start_ns = time.time_ns()
         span = self.tracer.start_span(

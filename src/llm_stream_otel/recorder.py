@@ -101,6 +101,10 @@ def annotate_span(
         attrs[t.GEN_AI_USAGE_INPUT_TOKENS] = monitor.input_tokens
     if monitor.output_tokens is not None:
         attrs[t.GEN_AI_USAGE_OUTPUT_TOKENS] = monitor.output_tokens
+    if monitor.finish_reason_missing:
+        attrs[t.FINISH_REASON_MISSING] = True
+    if monitor.error_after_end:
+        attrs[t.ERROR_AFTER_END] = monitor.error_after_end
     err = outcome_error_type(monitor)
     if err:
         attrs[t.ERROR_TYPE] = err

@@ -5,7 +5,8 @@ Layers:
   chunk arrives; we see each re-send as a request whose
   ``x-stainless-retry-count`` header is above zero (see ``sdk_retries``).
 - ``application``: the app calls ``create`` again with the same request
-  within the retry window after a truncated or failed attempt.
+  within the retry window after a truncated or failed attempt, in the same
+  trace, or (untraced) from the same client and thread/task (``retry_scope``).
 - ``helper``: our own resilient helper retried (it marks its attempts).
 
 Fix rate = recoveries / first attempts that were truncated. A chain of
@@ -61,6 +62,7 @@ class Attempt:
     link: Optional[SpanContext]
     started_at: float
     first_truncated: bool = False
+    evidence: Optional[str] = None  # trace | fingerprint, for application retries
 
     def links(self) -> list:
         return [Link(self.link, {t.ATTEMPT: self.number - 1})] if self.link is not None else []
@@ -99,12 +101,19 @@ class RetryTracker:
                 break
             chains.popitem(last=False)
 
-    def start(self, fingerprint: Optional[bytes], now: float, metric_attributes: dict) -> Attempt:
-        """A new attempt begins: is it a repeat of a cut or failed one?"""
+    def start(
+        self, fingerprint: Optional[bytes], now: float, metric_attributes: dict, evidence: Optional[str] = None
+    ) -> Attempt:
+        """A new attempt begins: is it a repeat of a cut or failed one?
+
+        ``fingerprint`` is the scoped key of the request (see retry_scope),
+        ``evidence`` what scoped it; None: no application retry attribution.
+        """
         override = chain_override.get()
         layer = t.RETRY_LAYER_APPLICATION
         if override is not None:
             fingerprint, layer = override
+            evidence = None
         chain = None
         if fingerprint is not None:
             with self._lock:
@@ -113,7 +122,9 @@ class RetryTracker:
         if chain is None:
             return Attempt(fingerprint, 1, False, None, None, now)
         _add(self._instruments.retries, {**metric_attributes, t.RETRY_LAYER: layer})
-        return Attempt(fingerprint, chain.attempts + 1, True, layer, chain.last_span, now, chain.first_truncated)
+        return Attempt(
+            fingerprint, chain.attempts + 1, True, layer, chain.last_span, now, chain.first_truncated, evidence
+        )
 
     def finish(
         self, attempt: Attempt, outcome: Optional[str], span: Span, metric_attributes: dict, now: float
@@ -126,6 +137,8 @@ class RetryTracker:
             span.set_attribute(t.IS_RETRY, attempt.is_retry)
             if attempt.layer:
                 span.set_attribute(t.RETRY_LAYER, attempt.layer)
+            if attempt.is_retry and attempt.evidence:
+                span.set_attribute(t.RETRY_EVIDENCE, attempt.evidence)
         if outcome in _FAILURES:
             first_truncated = attempt.first_truncated if attempt.is_retry else outcome == t.OUTCOME_TRUNCATED
             with self._lock:

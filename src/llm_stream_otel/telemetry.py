@@ -60,6 +60,9 @@ RECOVERED_AFTER_ATTEMPTS = "llm.stream.recovered_after_attempts"
 STALL_THRESHOLD = "llm.stream.stall_threshold"
 ENDED_AT_EXIT = "llm.stream.ended_at_exit"
 ERROR_PLACE = "llm.stream.error.place"
+FINISH_REASON_MISSING = "llm.stream.finish_reason_missing"
+ERROR_AFTER_END = "llm.stream.error_after_end"
+RETRY_EVIDENCE = "llm.stream.retry.evidence"
 
 # --- span events --------------------------------------------------------------
 EVENT_STALL = "llm.stream.stall"
@@ -100,6 +103,9 @@ TRUNCATION_REASONS: Tuple[str, ...] = (
 RETRY_LAYER_SDK = "sdk"
 RETRY_LAYER_APPLICATION = "application"
 RETRY_LAYER_HELPER = "helper"
+
+RETRY_EVIDENCE_TRACE = "trace"
+RETRY_EVIDENCE_FINGERPRINT = "fingerprint"
 
 # --- metric instruments: (name, unit, description) ---------------------------
 METRIC_DURATION = "gen_ai.client.operation.duration"

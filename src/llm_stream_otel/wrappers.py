@@ -14,6 +14,7 @@ from .call import StreamCall
 from .guard import internal_error
 from .pipeline import StreamTelemetry
 from .proxy import AsyncStreamProxy, SyncStreamProxy, _ObservingProxy, wrap_stream
+from .wire import watch_stream
 
 _RAW_HEADER = "x-stainless-raw-response"
 
@@ -36,6 +37,10 @@ def _begin(telemetry: StreamTelemetry, kind: str, instance: Any, kwargs: Mapping
 
 
 def _wrap_result(result: Any, call: StreamCall, is_async: bool) -> Any:
+    try:
+        call.wire = watch_stream(result, call.telemetry.wire_strategy)
+    except Exception:  # noqa: BLE001 - the stream is still observed, by the finish-reason rule
+        internal_error("wire hook")
     try:
         # Pick the proxy by the method called, not by duck typing: a stream
         # wrapper of another instrumentation (openai-v2's) can implement both

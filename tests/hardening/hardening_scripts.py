@@ -97,6 +97,7 @@ class _Facts:
     max_index: int = -1
     error_event: bool = False  # responses: an error / response.failed event
     raised_in_data: bool = False  # an {"error": ...} payload: the SDK raises APIError
+    done: bool = False  # the SDK read a [DONE] (issue 12: the stream is complete)
 
     def terminal(self) -> bool:
         """Every choice seen so far (0 .. highest index) has a finish reason."""
@@ -116,6 +117,7 @@ def _read(endpoint: str, events: Sequence[str], facts: _Facts) -> bool:
     """Feed events as the SDK would; False once the SDK stops reading ([DONE] or an error)."""
     for data in events:
         if data.startswith("[DONE]"):
+            facts.done = True
             return False
         obj = json.loads(data)
         if isinstance(obj, dict) and obj.get("error"):
@@ -158,7 +160,8 @@ def expected(scn: Scenario, raised: Optional[BaseException]) -> Expect:
         if _read(scn.endpoint, scn.events[: scn.position], before):
             _read(scn.endpoint, scn.events[scn.position :], after)
         stall = before.chunks > 0 and after.chunks > 0
-    terminal = facts.terminal()
+    # Issue 12: [DONE] on the wire completes a stream even without finish reasons.
+    terminal = facts.terminal() or facts.done
     if raised is not None:
         if terminal and not facts.error_event:
             return Expect(facts.terminal_outcome(), None, facts.chunks, stall)

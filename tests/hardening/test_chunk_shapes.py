@@ -42,11 +42,15 @@ def test_repeated_finish_for_one_choice_does_not_complete_the_other(client, our_
     events = [_chunk([{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]),
               _chunk([{"index": 1, "delta": {"content": "b"}, "finish_reason": None}]),
               _chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
-              _chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]), "[DONE]"]
+              _chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])]
     telemetry = _run(client, events, n=2)
     assert our_logs.internal_errors() == []
     attrs = telemetry.span().attributes
     assert (attrs[t.OUTCOME], attrs.get(t.TRUNCATION_REASON)) == (t.OUTCOME_TRUNCATED, t.REASON_MISSING_TERMINATOR)
+    # With [DONE] (issue 12) the stream is complete, and choice 1's finish reason is known to be missing.
+    telemetry = _run(client, events + ["[DONE]"], n=2)
+    attrs = telemetry.span().attributes
+    assert attrs[t.OUTCOME] == t.OUTCOME_COMPLETED and attrs[t.FINISH_REASON_MISSING] is True
 
 
 @pytest.mark.usefixtures("lenient_mode")  # a reader bug (chunks.py), survived, not raised
