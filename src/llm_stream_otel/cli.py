@@ -1,4 +1,4 @@
-"""The ``llm-stream-otel`` command: demo, fault-server, dashboards export, doctor."""
+"""The ``llm-stream-otel`` command: demo, fault-server, dashboards export, deploy export, doctor."""
 
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ Keys:
 """
 _EXAMPLES_DASHBOARDS = """examples:
   llm-stream-otel dashboards export ./grafana   # *.json dashboards + alerts/*.yaml rules
+"""
+_EXAMPLES_DEPLOY = """examples:
+  llm-stream-otel deploy export ./stack && cd ./stack/deploy && docker compose up -d
+      # writes stack/deploy/ (compose, Collector, Prometheus, Tempo, Grafana
+      # provisioning) and stack/dashboards/ (dashboards + alert rules it mounts)
 """
 _EXAMPLES_DOCTOR = """examples:
   llm-stream-otel doctor
@@ -107,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     export = dash_commands.add_parser("export", help="write the dashboards and alert rules to DIR", epilog=_EXAMPLES_DASHBOARDS, formatter_class=fmt)
     export.add_argument("dir", type=Path, help="target folder (created if missing)")
 
+    deploy = commands.add_parser("deploy", help="the bundled docker-compose stack (Collector, Prometheus, Tempo, Grafana)", epilog=_EXAMPLES_DEPLOY, formatter_class=fmt)
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", metavar="ACTION")
+    deploy_export = deploy_commands.add_parser("export", help="write deploy/ and the dashboards/ it mounts into DIR", epilog=_EXAMPLES_DEPLOY, formatter_class=fmt)
+    deploy_export.add_argument("dir", type=Path, help="target folder (created if missing)")
+
     commands.add_parser("doctor", help="versions, entry point, patched methods, effective configuration", epilog=_EXAMPLES_DOCTOR, formatter_class=fmt)
     return parser
 
@@ -125,7 +135,8 @@ def missing_extra_message(exc: ImportError, command: str) -> Optional[str]:
     """``pip install ".[demo]"`` advice when ``exc`` is a module of an extra, else None."""
     name = getattr(exc, "name", None) or ""
     for module, extra in _EXTRA_OF_MODULE.items():
-        if name == module or name.startswith(module + "."):
+        # ``opentelemetry.exporter`` (a namespace package) is missing when no exporter is installed.
+        if name == module or name.startswith(module + ".") or module.startswith(name + "."):
             return (
                 f"error: `llm-stream-otel {command}` needs the '{extra}' extra ({name} is not installed): "
                 f"pip install 'llm-stream-otel[{extra}]'  (from a clone: pip install '.[{extra}]')"
@@ -180,6 +191,20 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return 1
         for path in written:
             print(path)
+        return 0
+    if args.command == "deploy":
+        if args.deploy_command != "export":
+            parser.parse_args(["deploy", "--help"])
+        from .bundled import export_stack
+
+        try:
+            written = export_stack(args.dir)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for path in written:
+            print(path)
+        print(f"next: cd {args.dir / 'deploy'} && docker compose up -d", file=sys.stderr)
         return 0
     if args.command == "doctor":
         from .doctor import report
