@@ -55,10 +55,10 @@ def test_wheel_metadata_and_contents(dist: Path):
     assert "llm_stream_otel/py.typed" in names
     assert "llm_stream_otel/_bundled/deploy/docker-compose.yaml" in names
     assert "llm_stream_otel/_bundled/dashboards/llm-streams-overview.json" in names
-    assert meta["Requires-Python"] == ">=3.10"
+    assert meta["Requires-Python"] == ">=3.11"
     classifiers = meta.get_all("Classifier")
     tested = sorted(re.findall(r"Programming Language :: Python :: (3\.\d+)$", "\n".join(classifiers), re.M))
-    assert tested == ["3.10", "3.11", "3.12", "3.13"]
+    assert tested == ["3.11", "3.12", "3.13"]
     assert "Typing :: Typed" in classifiers
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
     assert {"Homepage", "Repository", "Issues", "Changelog"} <= set(urls)
