@@ -106,7 +106,7 @@ def test_dashboards_export(tmp_path: Path):
     assert dashboard["panels"]
 
 
-@pytest.mark.parametrize("args", [(), ("demo",), ("fault-server",), ("dashboards", "export"), ("doctor",)])
+@pytest.mark.parametrize("args", [(), ("demo",), ("fault-server",), ("dashboards", "export"), ("deploy", "export"), ("doctor",)])
 def test_help(args):
     result = cli(*args, "--help")
     assert result.returncode == 0
@@ -202,3 +202,15 @@ def test_demo_without_the_demo_extra_names_the_extra(tmp_path: Path):
     assert "needs the 'demo' extra" in result.stderr
     assert "pip install 'llm-stream-otel[demo]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_output_to_a_closed_pipe_is_not_a_traceback():
+    """``llm-stream-otel doctor | head -1``: the reader leaves before the output is written."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([CLI, "doctor"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -149,12 +150,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(parser, args)
+    except BrokenPipeError:
+        # `llm-stream-otel doctor | head -3`: the reader left early; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ImportError as exc:
         message = missing_extra_message(exc, args.command)
         if message is None:
             raise
         print(message, file=sys.stderr)
         return 2
+
+
+def _export(what: str, target: Path) -> int:
+    """``dashboards export`` / ``deploy export``: copy the bundled files, list them."""
+    from .bundled import export, export_stack
+
+    try:
+        written = (export if what == "dashboards" else export_stack)(target)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    if what == "deploy":
+        print(f"next: cd {target / 'deploy'} && docker compose up -d", file=sys.stderr)
+    return 0
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -179,33 +200,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from .demo.fault_server import run_from_args
 
         return run_from_args(args)
-    if args.command == "dashboards":
-        if args.dashboards_command != "export":
-            parser.parse_args(["dashboards", "--help"])
-        from .bundled import export as export_bundled
-
-        try:
-            written = export_bundled(args.dir)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        for path in written:
-            print(path)
-        return 0
-    if args.command == "deploy":
-        if args.deploy_command != "export":
-            parser.parse_args(["deploy", "--help"])
-        from .bundled import export_stack
-
-        try:
-            written = export_stack(args.dir)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        for path in written:
-            print(path)
-        print(f"next: cd {args.dir / 'deploy'} && docker compose up -d", file=sys.stderr)
-        return 0
+    if args.command in ("dashboards", "deploy"):
+        if getattr(args, f"{args.command}_command") != "export":
+            parser.parse_args([args.command, "--help"])
+        return _export(args.command, args.dir)
     if args.command == "doctor":
         from .doctor import report
 
