@@ -106,10 +106,111 @@ def test_dashboards_export(tmp_path: Path):
     assert dashboard["panels"]
 
 
-@pytest.mark.parametrize("args", [(), ("demo",), ("fault-server",), ("dashboards", "export"), ("doctor",)])
+@pytest.mark.parametrize("args", [(), ("demo",), ("fault-server",), ("dashboards", "export"), ("deploy", "export"), ("doctor",)])
 def test_help(args):
     result = cli(*args, "--help")
     assert result.returncode == 0
     assert "usage: llm-stream-otel" in result.stdout
     if args:
         assert "examples:" in result.stdout
+
+
+# --- errors, not tracebacks (issue 19) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--prometheus-port", "99999"), "argument --prometheus-port: 99999 is out of range"),
+        (("--prometheus-port", "-1"), "argument --prometheus-port: -1 is out of range"),
+        (("--concurrency", "0"), "argument --concurrency: 0 is out of range: must be 1 or more"),
+        (("--streams", "0"), "argument --streams: 0 is out of range: must be 1 or more"),
+        (("--streams", "-3"), "argument --streams: -3 is out of range: must be 1 or more"),
+        (("--streams", "many"), "argument --streams: 'many' is not a whole number"),
+        (("--duration", "0"), "argument --duration: 0 is out of range"),
+        (("--stall-threshold", "-1"), "argument --stall-threshold: -1 is out of range: must be a positive number of seconds"),
+    ],
+)
+def test_demo_rejects_bad_values_like_argparse(args, message):
+    result = cli("demo", *args, "--plain")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage: llm-stream-otel demo" in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    # It never got as far as a warning about a variable the user did not set.
+    assert "OTEL_INSTRUMENTATION" not in result.stderr
+
+
+def test_fault_server_on_a_busy_port_says_so():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli("fault-server", "--port", str(port), timeout=30)
+    assert result.returncode == 2
+    assert f"error: 127.0.0.1:{port} is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fault_server_help_explains_faults_and_keys():
+    out = cli("fault-server", "--help").stdout
+    for fault in ("reset_mid_chunk", "reset_between", "cut_mid_chunk", "missing_terminator", "error_event",
+                  "response_failed", "stall", "hang", "http_500"):
+        assert f"\n  {fault}" in out
+    for key in ("chunks=", "delay=", "first_delay=", "after=", "seconds=", "usage=", "retry_after_ms=", "first="):
+        assert f"\n  {key}" in out
+    assert "over the server's lifetime" in out
+
+
+def test_doctor_prints_each_warning_once():
+    env = dict(os.environ, OTEL_INSTRUMENTATION_LLM_STREAM_STALL_THRESHOLD="-3",
+               OTEL_INSTRUMENTATION_LLM_STREAM_RETRY_WINDOW="soon")
+    result = subprocess.run([CLI, "doctor"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("llm_stream_otel:")]
+    assert len(warnings) == 2, result.stderr
+    assert any("STALL_THRESHOLD='-3' must be a positive number" in w for w in warnings)
+    assert any("RETRY_WINDOW='soon' is not a number" in w for w in warnings)
+
+
+def test_a_bad_keyword_is_reported_as_the_keyword_not_the_variable(caplog):
+    from llm_stream_otel.config import load_settings
+
+    with caplog.at_level("WARNING", logger="llm_stream_otel"):
+        settings = load_settings({"stall_threshold": -1}, environ={})
+    assert settings.stall_threshold == 5.0
+    assert "instrument() keyword stall_threshold=-1 must be a positive number" in caplog.text
+    assert "OTEL_INSTRUMENTATION" not in caplog.text
+
+
+def test_demo_without_the_demo_extra_names_the_extra(tmp_path: Path):
+    """As after ``pip install .``: the extras' modules cannot be imported (hidden by an import hook)."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('openai', 'rich', 'prometheus_client') or name.startswith('opentelemetry.sdk'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _Hide())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(hide))
+    result = subprocess.run([CLI, "demo", "--streams", "1", "--plain"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "needs the 'demo' extra" in result.stderr
+    assert "pip install 'llm-stream-otel[demo]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_output_to_a_closed_pipe_is_not_a_traceback():
+    """``llm-stream-otel doctor | head -1``: the reader leaves before the output is written."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([CLI, "doctor"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+    assert result.returncode == 0

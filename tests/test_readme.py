@@ -80,3 +80,28 @@ def test_quickstart_runs(server, tmp_path):
     assert '"llm.stream.outcome": "completed"' in result.stdout
     assert '"name": "llm.stream.outcomes"' in result.stdout
     assert "sk-readme-SECRET" not in result.stdout + result.stderr
+
+
+
+def test_the_metrics_table_says_exactly_which_metrics_carry_error_type(instrumented, client):
+    """A cut stream with a stall (slow chunks), then its application retry, which
+    completes with usage: every metric gets points; those with ``error.type`` are the
+    ones the table says (token usage is not reported by a stream cut before its usage
+    chunk, so it is the one documented metric this run cannot show)."""
+    from streaming import consume
+
+    prompt = "readme error.type"
+    _, exc = consume(client, "chat", "missing_terminator;after=3;delay=0.35", prompt=prompt)
+    assert exc is None  # cut silently
+    _, exc = consume(client, "chat", "none;usage=1", prompt=prompt)
+    assert exc is None
+    rows = [line for line in section("Metrics").splitlines() if line.startswith("| `")]
+    documented = {re.findall(r"`([^`]+)`", row)[0] for row in rows if "`error.type`" in row}
+    carrying = set()
+    for name in t.METRICS:
+        sets = instrumented.attribute_sets(name)
+        assert sets, f"{name} recorded nothing"
+        if any(t.ERROR_TYPE in attrs for attrs in sets):
+            carrying.add(name)
+    assert carrying == documented - {t.METRIC_TOKEN_USAGE}
+    assert t.METRIC_TOKEN_USAGE in documented

@@ -39,3 +39,24 @@ def export(target: Path) -> List[Path]:
     for source in sorted(grafana_alerts.glob("*.yaml")) if grafana_alerts.is_dir() else []:
         written.append(Path(shutil.copy2(source, alerts / f"grafana-{source.name}")))
     return written
+
+
+def export_stack(target: Path) -> List[Path]:
+    """Copy the docker-compose stack: ``target/deploy`` and the ``target/dashboards`` it mounts.
+
+    The compose file mounts ``../dashboards`` (dashboards and alert rules), so
+    both folders are written side by side, as in the repository; then
+    ``cd target/deploy && docker compose up -d`` works as the README says.
+    """
+    root = bundled_root()
+    if root is None or not (root / "deploy").is_dir():
+        raise FileNotFoundError("the bundled deploy/ stack is missing from this installation")
+    written: List[Path] = []
+    for folder, pattern in (("deploy", "*"), ("dashboards", "*.json"), ("dashboards/alerts", "*.yaml")):
+        source_dir = root / folder
+        files = source_dir.rglob(pattern) if folder == "deploy" else source_dir.glob(pattern)
+        for source in sorted(p for p in files if p.is_file()):
+            destination = target / folder / source.relative_to(source_dir)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            written.append(Path(shutil.copy2(source, destination)))
+    return written

@@ -119,6 +119,10 @@ def load_settings(
         # An empty variable (``FOO=`` in a compose file) means unset, not bad: no warning.
         return None if value is None or not value.strip() else value
 
+    def name(key: str, env_name: str) -> str:
+        """What the user set, for warnings: the keyword argument, or the variable."""
+        return f"instrument() keyword {key}" if kw.get(key) is not None else env_name
+
     stall = pick("stall_threshold", ENV_STALL_THRESHOLD)
     window = pick("retry_window", ENV_RETRY_WINDOW)
     capture = pick("capture_content", ENV_CAPTURE_CONTENT)
@@ -129,17 +133,17 @@ def load_settings(
     return Settings(
         stall_threshold=DEFAULT_STALL_THRESHOLD
         if stall is None
-        else _positive_float(ENV_STALL_THRESHOLD, stall, DEFAULT_STALL_THRESHOLD),
+        else _positive_float(name("stall_threshold", ENV_STALL_THRESHOLD), stall, DEFAULT_STALL_THRESHOLD),
         retry_window=DEFAULT_RETRY_WINDOW
         if window is None
-        else _positive_float(ENV_RETRY_WINDOW, window, DEFAULT_RETRY_WINDOW),
-        capture_content=False if capture is None else _capture_content(ENV_CAPTURE_CONTENT, capture, False),
+        else _positive_float(name("retry_window", ENV_RETRY_WINDOW), window, DEFAULT_RETRY_WINDOW),
+        capture_content=False if capture is None else _capture_content(name("capture_content", ENV_CAPTURE_CONTENT), capture, False),
         max_attribute_values=DEFAULT_MAX_ATTRIBUTE_VALUES
         if cap is None
-        else _positive_int(ENV_MAX_ATTRIBUTE_VALUES, cap, DEFAULT_MAX_ATTRIBUTE_VALUES),
-        metrics_fast_path=True if fast is None else _boolean(ENV_METRICS_FAST_PATH, fast, True),
-        strict=False if strict is None else _boolean(ENV_STRICT, strict, False),
+        else _positive_int(name("max_attribute_values", ENV_MAX_ATTRIBUTE_VALUES), cap, DEFAULT_MAX_ATTRIBUTE_VALUES),
+        metrics_fast_path=True if fast is None else _boolean(name("metrics_fast_path", ENV_METRICS_FAST_PATH), fast, True),
+        strict=False if strict is None else _boolean(name("strict", ENV_STRICT), strict, False),
         app_retries=DEFAULT_APP_RETRIES
         if app_retries is None
-        else _choice(ENV_APP_RETRIES, app_retries, APP_RETRIES_MODES, DEFAULT_APP_RETRIES),
+        else _choice(name("app_retries", ENV_APP_RETRIES), app_retries, APP_RETRIES_MODES, DEFAULT_APP_RETRIES),
     )

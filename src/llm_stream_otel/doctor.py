@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from importlib import metadata
-from typing import List, Tuple
+from typing import Iterator, List, Set, Tuple
 
 from .config import (
     ENV_APP_RETRIES,
@@ -84,9 +87,44 @@ def wire_report() -> str:
             "finish reasons counts as truncated/missing_terminator even when the server sent [DONE]"
         )
     return f"observed ({how}: the SDK's SSE events, hooked once per stream)"
+class _Once(logging.Filter):
+    """Let each distinct message through once (doctor reads the settings twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+@contextmanager
+def _each_warning_once() -> Iterator[None]:
+    """Our warnings go to stderr once each while the report is built."""
+    logger = logging.getLogger("llm_stream_otel")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_Once())
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def report() -> str:
+    with _each_warning_once():
+        return _report()
+
+
+def _report() -> str:
     lines = ["versions:"]
     lines += [f"  {name:40s} {version}" for name, version in versions()]
     lines += ["", f"entry point (opentelemetry_instrumentor): {entry_point()}", "", "patched by instrument():"]

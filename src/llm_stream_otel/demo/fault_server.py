@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import errno
 import json
 import random
 import signal
@@ -508,6 +509,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     if not getattr(args, "quiet", False):
         srv.log = lambda line: print(line, flush=True)
     _stop_on_sigterm()
+    try:
+        srv.start()
+    except (OSError, OverflowError) as exc:
+        why = "is already in use" if getattr(exc, "errno", None) == errno.EADDRINUSE else f"cannot be used ({exc})"
+        print(f"error: {args.host}:{args.port} {why}; pass --port N for another port, or 0 for a free one", file=sys.stderr)
+        return 2
     with srv:
         print(f"fault server listening: {srv.base_url}", flush=True)
         try:
