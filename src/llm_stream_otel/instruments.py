@@ -72,6 +72,7 @@ class Instruments:
         self.retries = _counter(meter, t.METRIC_RETRIES)
         self.recoveries = _counter(meter, t.METRIC_RECOVERIES)
         self.gaps = GapRecorder(self.time_per_output_chunk, t.SECONDS_BUCKETS, metrics_fast_path)
+        self.idle_before_end = _histogram(meter, t.METRIC_IDLE_BEFORE_END, t.IDLE_BEFORE_END_BUCKETS)
 
 
 # --------------------------------------------------------------------------- the gap histogram

@@ -60,6 +60,9 @@ class StreamMonitor:
         "error",
         "content",
         "content_limit",
+        "headers_at",
+        "idle_before_end",
+        "http",
     )
 
     def __init__(
@@ -103,6 +106,12 @@ class StreamMonitor:
         self.error: Optional[BaseException] = None
         self.content: Optional[List[str]] = [] if content_limit > 0 else None
         self.content_limit = content_limit
+        # Root-cause facts, set once per stream (never per chunk): when the
+        # response headers arrived, the silence before the end, and what the
+        # HTTP response said (see http_facts.HttpFacts).
+        self.headers_at: Optional[float] = None
+        self.idle_before_end: Optional[float] = None
+        self.http: Any = None
 
     # --- the hot path -------------------------------------------------------
     def chunk(self, now: float, chunk: Any) -> None:
@@ -230,6 +239,10 @@ class StreamMonitor:
             replay.append((value, count))
         return replay
 
+    @property
+    def time_to_headers(self) -> Optional[float]:
+        return None if self.headers_at is None else self.headers_at - self.started_at
+
     # --- endings (the first one wins) -------------------------------------------
     def _settle(self, now: float, outcome: str, reason: Optional[str] = None) -> bool:
         if self.outcome is not None:
@@ -238,6 +251,22 @@ class StreamMonitor:
         self.outcome = outcome
         self.reason = reason
         return True
+
+    def _trailing_silence(self, now: float) -> None:
+        """The stream ended or broke at ``now``: measure the silence before it.
+
+        From the last chunk, or from the response headers when no chunk came.
+        Gaps are only measured between two chunks, so without this the
+        silence that made a proxy cut the stream would be lost; above the
+        stall threshold it is a stall too.
+        """
+        since = self.last_at if self.last_at is not None else self.headers_at
+        if since is None:
+            return
+        idle = max(0.0, now - since)
+        self.idle_before_end = idle
+        if idle > self.stall_threshold:
+            self._stall(now, idle)
 
     def _terminal_outcome(self) -> str:
         worst = t.OUTCOME_COMPLETED
@@ -249,6 +278,8 @@ class StreamMonitor:
 
     def end(self, now: float) -> bool:
         """The stream ended without an exception (StopIteration)."""
+        if self.outcome is None:
+            self._trailing_silence(now)
         if self.error_event:
             return self._settle(now, t.OUTCOME_TRUNCATED, t.REASON_ERROR_EVENT)
         if self.terminal:
@@ -261,6 +292,8 @@ class StreamMonitor:
         if not isinstance(exc, Exception):
             # KeyboardInterrupt, task cancellation, GeneratorExit: the app stopped.
             return self.abandon(now)
+        if self.outcome is None:
+            self._trailing_silence(now)
         if self.terminal and not self.error_event:
             # Everything arrived; the connection broke afterwards.
             return self._settle(now, self._terminal_outcome())

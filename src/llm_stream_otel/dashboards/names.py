@@ -51,6 +51,7 @@ INSTRUMENTS: Dict[str, Tuple[str, str]] = {
     "llm.stream.outcomes": (COUNTER, "{stream}"),
     "llm.stream.retries": (COUNTER, "{attempt}"),
     "llm.stream.recoveries": (COUNTER, "{stream}"),
+    "llm.stream.idle_before_end": (HISTOGRAM, "s"),
 }
 
 #: OTel instrument name -> Prometheus base name (as observed).  Histograms
@@ -66,6 +67,7 @@ METRICS: Dict[str, str] = {
     "llm.stream.outcomes": "llm_stream_outcomes_total",
     "llm.stream.retries": "llm_stream_retries_total",
     "llm.stream.recoveries": "llm_stream_recoveries_total",
+    "llm.stream.idle_before_end": "llm_stream_idle_before_end_seconds",
 }
 
 #: OTel attribute key -> Prometheus label name (as observed).
@@ -82,6 +84,10 @@ LABELS: Dict[str, str] = {
     "llm.stream.truncation.reason": "llm_stream_truncation_reason",
     "llm.stream.is_retry": "llm_stream_is_retry",
     "llm.stream.retry.layer": "llm_stream_retry_layer",
+    "http.response.status_code": "http_response_status_code",
+    "llm.stream.http.intermediary": "llm_stream_http_intermediary",
+    "llm.stream.error.cause": "llm_stream_error_cause",
+    "llm.stream.connection.reused": "llm_stream_connection_reused",
 }
 
 #: The label the dashboards' "service" variable and the alerts group by.
@@ -123,6 +129,7 @@ STALLS = METRICS["llm.stream.stalls"]
 OUTCOMES = METRICS["llm.stream.outcomes"]
 RETRIES = METRICS["llm.stream.retries"]
 RECOVERIES = METRICS["llm.stream.recoveries"]
+IDLE_BEFORE_END = METRICS["llm.stream.idle_before_end"]
 
 MODEL = LABELS["gen_ai.request.model"]
 RESPONSE_MODEL = LABELS["gen_ai.response.model"]
@@ -133,3 +140,7 @@ IS_RETRY = LABELS["llm.stream.is_retry"]
 RETRY_LAYER = LABELS["llm.stream.retry.layer"]
 TOKEN_TYPE = LABELS["gen_ai.token.type"]
 ERROR_TYPE = LABELS["error.type"]
+STATUS_CODE = LABELS["http.response.status_code"]
+INTERMEDIARY = LABELS["llm.stream.http.intermediary"]
+ERROR_CAUSE = LABELS["llm.stream.error.cause"]
+CONNECTION_REUSED = LABELS["llm.stream.connection.reused"]
