@@ -167,19 +167,13 @@ def _stat(ids: _Ids, title: str, description: str, unit: str, target: prom.Dataq
     return p
 
 
-def _chunk_heatmap(ids: _Ids, w: int = 12, h: int = 8):
+def _bucket_heatmap(ids: _Ids, title: str, description: str, base: str, w: int = 12, h: int = 8):
+    """A heatmap of a seconds histogram's buckets (one row per ``le``)."""
     return (
         heatmap.Panel()
         .id(ids())
-        .title("Chunk interval heatmap")
-        .description(
-            "Distribution of the gaps between consecutive chunks of a stream "
-            f"({n.CHUNK_INTERVAL}, from the histogram buckets, 0.01 s to 81.92 s doubling). "
-            "Each column is one time step, each row a bucket (upper bound `le`); the colour is how "
-            "many gaps fell in it. A healthy stream is a tight band at tens of milliseconds; cells "
-            "at seconds and above are stalls (over the stall threshold, default 5 s) that users "
-            "see as a frozen answer."
-        )
+        .title(title)
+        .description(description)
         .datasource(DS)
         .unit("s")
         .thresholds(_steps(*BASE))
@@ -187,16 +181,23 @@ def _chunk_heatmap(ids: _Ids, w: int = 12, h: int = 8):
         .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.LE))
         .y_axis(heatmap.YAxisConfig().unit("s").decimals(2))
         .cell_values(heatmap.CellValues().unit("short"))
-        .with_target(
-            _target(
-                q.sum_increase(n.CHUNK_INTERVAL + "_bucket", R, ["le"], F),
-                "{{le}}",
-                fmt=pm.PromQueryFormat.HEATMAP,
-            )
-        )
+        .with_target(_target(q.sum_increase(base + "_bucket", R, ["le"], F), "{{le}}",
+                             fmt=pm.PromQueryFormat.HEATMAP))
         .span(w)
         .height(h)
     )
+
+
+def _chunk_heatmap(ids: _Ids, w: int = 12, h: int = 8):
+    return _bucket_heatmap(
+        ids, "Chunk interval heatmap",
+        "Distribution of the gaps between consecutive chunks of a stream "
+        f"({n.CHUNK_INTERVAL}, from the histogram buckets, 0.01 s to 81.92 s doubling). "
+        "Each column is one time step, each row a bucket (upper bound `le`); the colour is how "
+        "many gaps fell in it. A healthy stream is a tight band at tens of milliseconds; cells "
+        "at seconds and above are stalls (over the stall threshold, default 5 s) that users "
+        "see as a frozen answer.",
+        n.CHUNK_INTERVAL, w, h)
 
 
 def _quantiles(base: str, qs: Sequence[float], labels: Sequence[str] = (), exemplar: bool = False):
@@ -454,33 +455,17 @@ def overview() -> db.Dashboard:
 def _why_cut_row(d: db.Dashboard, ids: _Ids) -> db.Dashboard:
     """The row "Why streams are cut" (issue 13): the two signatures of a cut
     (how long it had been silent, how long it had run), reasons and status
-    codes by server, and the reused-connection share. `llm-stream-otel
-    diagnose` reads the same series and names the probable cause."""
+    codes by server, and the reused-connection share."""
     truncated = {**F, n.OUTCOME: "=truncated"}
     reused = q.sum_rate(n.OUTCOMES, R, (n.SERVER,), F, **{n.CONNECTION_REUSED: "true"})
     with_conn = q.sum_rate(n.OUTCOMES, R, (n.SERVER,), {**F, n.CONNECTION_REUSED: "=~true|false"})
-    heat = (
-        heatmap.Panel()
-        .id(ids())
-        .title("Silence before the cut")
-        .description(
-            f"Truncated streams by the silence before the cut ({n.IDLE_BEFORE_END}: from the last "
-            "chunk, or the response headers, to the cut). A band at one value (30, 60, 100, 120, "
-            "300 s have buckets of their own) is an idle/read timeout of a proxy or of the client; "
-            "cuts with no silence are restarts, crashes or resets. Run `llm-stream-otel diagnose`."
-        )
-        .datasource(DS)
-        .unit("s")
-        .thresholds(_steps(*BASE))
-        .calculate(False)
-        .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.LE))
-        .y_axis(heatmap.YAxisConfig().unit("s").decimals(2))
-        .cell_values(heatmap.CellValues().unit("short"))
-        .with_target(_target(q.sum_increase(n.IDLE_BEFORE_END + "_bucket", R, ["le"], F), "{{le}}",
-                             fmt=pm.PromQueryFormat.HEATMAP))
-        .span(12)
-        .height(8)
-    )
+    heat = _bucket_heatmap(
+        ids, "Silence before the cut",
+        f"Truncated streams by the silence before the cut ({n.IDLE_BEFORE_END}: from the last "
+        "chunk, or the response headers, to the cut). A band at one value (30, 60, 100, 120, "
+        "300 s have buckets of their own) is an idle/read timeout of a proxy or of the client; "
+        "cuts with no silence are restarts, crashes or resets.",
+        n.IDLE_BEFORE_END)
     return (
         d.with_row(db.Row("Why streams are cut").id(ids()))
         .with_panel(heat)
