@@ -13,6 +13,7 @@ import errno
 from typing import Iterator, Optional
 
 from . import telemetry as t
+from .limits import CardinalityLimiter
 
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 # Class names (anywhere in an exception's MRO) that mean "the read timed out".
@@ -89,6 +90,36 @@ def error_type(exc: BaseException) -> str:
     """Low-cardinality ``error.type``: the exception's class name."""
     name = type(exc).__qualname__
     return name if name and len(name) <= 128 else t.ERROR_TYPE_OTHER
+
+
+# Class names are few in practice; a cap keeps a library that mints classes
+# (or a test suite) from growing the metric's attribute sets without bound.
+_CAUSE_LIMIT = CardinalityLimiter(32)
+
+
+def error_cause(exc: BaseException) -> str:
+    """``llm.stream.error.cause``: the class name of the innermost exception.
+
+    Follows ``__cause__`` / ``__context__`` (httpx 0.2x raises its transport
+    errors ``from None`` yet keeps the context, so a suppressed context is
+    followed too) and httpcore's habit of wrapping the original as its first
+    argument, so it reads the same on every SDK major
+    (``ConnectionResetError``, ``RemoteProtocolError``, ``TimeoutError``)
+    where ``error.type`` differs. An HTTP status error is its own cause
+    (its context is only the client's ``raise_for_status``).
+    """
+    seen = set()
+    current = exc
+    while len(seen) < 16 and getattr(current, "status_code", None) is None:
+        seen.add(id(current))
+        following = current.__cause__ or current.__context__
+        if following is None and current.args and isinstance(current.args[0], BaseException):
+            following = current.args[0]
+        if following is None or id(following) in seen:
+            break
+        current = following
+    name = type(current).__name__
+    return _CAUSE_LIMIT(name if name and len(name) <= 64 else t.ERROR_TYPE_OTHER) or t.ERROR_TYPE_OTHER
 
 
 def outcome_for_finish_reason(finish_reason: str) -> str:

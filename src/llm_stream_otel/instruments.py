@@ -73,6 +73,7 @@ class Instruments:
         self.recoveries = _counter(meter, t.METRIC_RECOVERIES)
         self.internal_errors = _counter(meter, t.METRIC_INTERNAL_ERRORS)
         self.gaps = GapRecorder(self.time_per_output_chunk, t.SECONDS_BUCKETS, metrics_fast_path)
+        self.idle_before_end = _histogram(meter, t.METRIC_IDLE_BEFORE_END, t.IDLE_BEFORE_END_BUCKETS)
 
 
 # --------------------------------------------------------------------------- the gap histogram

@@ -63,6 +63,9 @@ class StreamMonitor:
         "done_seen",
         "finish_reason_missing",
         "error_after_end",
+        "headers_at",
+        "idle_before_end",
+        "http",
     )
 
     def __init__(
@@ -110,6 +113,12 @@ class StreamMonitor:
         self.done_seen: Optional[bool] = None
         self.finish_reason_missing = False
         self.error_after_end: Optional[str] = None
+        # Root-cause facts, set once per stream (never per chunk): when the
+        # response headers arrived, the silence before the end, and what the
+        # HTTP response said (see http_facts.HttpFacts).
+        self.headers_at: Optional[float] = None
+        self.idle_before_end: Optional[float] = None
+        self.http: Any = None
 
     # --- the hot path -------------------------------------------------------
     def chunk(self, now: float, chunk: Any) -> None:
@@ -237,6 +246,10 @@ class StreamMonitor:
             replay.append((value, count))
         return replay
 
+    @property
+    def time_to_headers(self) -> Optional[float]:
+        return None if self.headers_at is None else self.headers_at - self.started_at
+
     # --- endings (the first one wins) -------------------------------------------
     def _settle(self, now: float, outcome: str, reason: Optional[str] = None) -> bool:
         if self.outcome is not None:
@@ -245,6 +258,22 @@ class StreamMonitor:
         self.outcome = outcome
         self.reason = reason
         return True
+
+    def _trailing_silence(self, now: float) -> None:
+        """The stream ended or broke at ``now``: measure the silence before it.
+
+        From the last chunk, or from the response headers when no chunk came.
+        Gaps are only measured between two chunks, so without this the
+        silence that made a proxy cut the stream would be lost; above the
+        stall threshold it is a stall too.
+        """
+        since = self.last_at if self.last_at is not None else self.headers_at
+        if since is None:
+            return
+        idle = max(0.0, now - since)
+        self.idle_before_end = idle
+        if idle > self.stall_threshold:
+            self._stall(now, idle)
 
     def _terminal_outcome(self) -> str:
         worst = t.OUTCOME_COMPLETED
@@ -274,6 +303,8 @@ class StreamMonitor:
         neither -> truncated/missing_terminator. Where the wire is not observed
         (``done_seen`` None) only the finish reasons count.
         """
+        if self.outcome is None:
+            self._trailing_silence(now)
         if self.error_event:
             return self._settle(now, t.OUTCOME_TRUNCATED, t.REASON_ERROR_EVENT)
         if self.complete:
@@ -286,6 +317,8 @@ class StreamMonitor:
         if not isinstance(exc, Exception):
             # KeyboardInterrupt, task cancellation, GeneratorExit: the app stopped.
             return self.abandon(now)
+        if self.outcome is None:
+            self._trailing_silence(now)
         if self.complete and not self.error_event:
             # Everything arrived; the connection broke afterwards: keep the outcome, note the error.
             if self._settle_complete(now):

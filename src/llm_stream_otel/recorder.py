@@ -10,7 +10,8 @@ from typing import Any, Dict, Optional
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import telemetry as t
-from .classify import error_type
+from .classify import error_cause, error_type
+from .http_facts import metric_facts
 from .instruments import Instruments
 from .monitor import StreamMonitor
 
@@ -60,11 +61,20 @@ def record_metrics(
     if monitor.output_tokens is not None:
         instruments.token_usage.record(monitor.output_tokens, {**attrs, t.GEN_AI_TOKEN_TYPE: "output"})
 
+    if monitor.outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
+        idle_attrs = dict(attrs)
+        idle_attrs[t.TRUNCATION_REASON] = monitor.reason or t.REASON_OTHER
+        instruments.idle_before_end.record(monitor.idle_before_end, idle_attrs)
+
     outcome_attrs = dict(attrs)
     outcome_attrs[t.OUTCOME] = monitor.outcome
     outcome_attrs[t.IS_RETRY] = is_retry
     if monitor.reason:
         outcome_attrs[t.TRUNCATION_REASON] = monitor.reason
+    if monitor.http:
+        outcome_attrs.update(metric_facts(monitor.http))
+    if monitor.error is not None and monitor.outcome in _ERROR_OUTCOMES:
+        outcome_attrs[t.ERROR_CAUSE] = error_cause(monitor.error)
     instruments.outcomes.add(1, outcome_attrs)
 
 
@@ -108,6 +118,7 @@ def annotate_span(
     err = outcome_error_type(monitor)
     if err:
         attrs[t.ERROR_TYPE] = err
+    _root_cause_attributes(attrs, monitor)
     span.set_attributes(attrs)
 
     def at(moment: float) -> int:
@@ -127,6 +138,19 @@ def annotate_span(
     if monitor.outcome in _ERROR_OUTCOMES:
         description = f"stream {monitor.outcome}" + (f": {monitor.reason}" if monitor.reason else "")
         span.set_status(Status(StatusCode.ERROR, description))
+
+
+def _root_cause_attributes(attrs: Dict[str, Any], monitor: StreamMonitor) -> None:
+    """Why it was cut: the silence before the end, the HTTP response, the innermost cause."""
+    if monitor.idle_before_end is not None:
+        attrs[t.IDLE_BEFORE_END] = monitor.idle_before_end
+    time_to_headers = monitor.time_to_headers
+    if time_to_headers is not None:
+        attrs[t.TIME_TO_HEADERS] = time_to_headers
+    if monitor.http:
+        attrs.update(monitor.http)
+    if monitor.error is not None and monitor.outcome in _ERROR_OUTCOMES:
+        attrs[t.ERROR_CAUSE] = error_cause(monitor.error)
 
 
 def _record_exception(span: Span, exc: BaseException, capture_content: bool) -> None:

@@ -63,6 +63,32 @@ ERROR_PLACE = "llm.stream.error.place"
 FINISH_REASON_MISSING = "llm.stream.finish_reason_missing"
 ERROR_AFTER_END = "llm.stream.error_after_end"
 RETRY_EVIDENCE = "llm.stream.retry.evidence"
+# Why a stream was cut (issue 13): read once per stream, never per chunk.
+IDLE_BEFORE_END = "llm.stream.idle_before_end"
+TIME_TO_HEADERS = "llm.stream.time_to_headers"
+ERROR_CAUSE = "llm.stream.error.cause"
+CONNECTION_REUSED = "llm.stream.connection.reused"
+CONNECTION_IDLE = "llm.stream.connection.idle"
+HTTP_INTERMEDIARY = "llm.stream.http.intermediary"
+HTTP_REQUEST_ID = "llm.stream.http.request_id"
+HTTP_CONTENT_TYPE = "llm.stream.http.content_type"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"  # semconv
+NETWORK_PROTOCOL_VERSION = "network.protocol.version"  # semconv
+
+# Values of llm.stream.http.intermediary (anything else is _OTHER).
+INTERMEDIARY_NGINX = "nginx"
+INTERMEDIARY_HAPROXY = "haproxy"
+INTERMEDIARY_ENVOY = "envoy"
+INTERMEDIARY_CLOUDFLARE = "cloudflare"
+INTERMEDIARY_SQUID = "squid"
+INTERMEDIARY_VARNISH = "varnish"
+INTERMEDIARY_APACHE = "apache"
+INTERMEDIARY_TRAEFIK = "traefik"
+INTERMEDIARY_CADDY = "caddy"
+INTERMEDIARY_AWS_ELB = "awselb"
+INTERMEDIARY_KONG = "kong"
+INTERMEDIARY_GOOGLE = "google"
+INTERMEDIARY_AKAMAI = "akamai"
 
 # --- span events --------------------------------------------------------------
 EVENT_STALL = "llm.stream.stall"
@@ -118,6 +144,7 @@ METRIC_OUTCOMES = "llm.stream.outcomes"
 METRIC_RETRIES = "llm.stream.retries"
 METRIC_RECOVERIES = "llm.stream.recoveries"
 METRIC_INTERNAL_ERRORS = "llm.stream.internal_errors"
+METRIC_IDLE_BEFORE_END = "llm.stream.idle_before_end"
 
 UNIT_SECONDS = "s"
 UNIT_TOKEN = "{token}"
@@ -131,6 +158,14 @@ UNIT_ERROR = "{error}"
 SECONDS_BUCKETS: Tuple[float, ...] = tuple(round(0.01 * 2**i, 2) for i in range(14))
 TOKEN_BUCKETS: Tuple[int, ...] = tuple(4**i for i in range(14))
 CHUNK_BUCKETS: Tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+# Silence before a cut: sub-second (restarts, crashes: no silence) up to the
+# usual proxy idle/read limits, each limit L bracketed by (L-1, L+1] so a cut
+# at the limit has a bucket of its own (nginx proxy_read_timeout 60 s,
+# HAProxy timeout server, ELB 60 s idle, Cloudflare 100 s, 120 s, 300 s).
+IDLE_BEFORE_END_BUCKETS: Tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 20,
+    29, 31, 45, 59, 61, 90, 99, 101, 119, 121, 180, 299, 301, 600,
+)
 
 METRICS = {
     # name: (kind, unit, description)
@@ -144,4 +179,5 @@ METRICS = {
     METRIC_RETRIES: ("counter", UNIT_ATTEMPT, "Retry attempts by layer (sdk, application, helper)."),
     METRIC_RECOVERIES: ("counter", UNIT_STREAM, "Truncated calls that a later attempt completed."),
     METRIC_INTERNAL_ERRORS: ("counter", UNIT_ERROR, "Errors inside llm_stream_otel itself (swallowed), by place."),
+    METRIC_IDLE_BEFORE_END: ("histogram", UNIT_SECONDS, "Truncated streams: silence from the last chunk (or the headers) to the cut."),
 }

@@ -8,10 +8,12 @@ in ``StreamTelemetry`` and ``StreamCall``.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Mapping, Optional
 
 from .call import StreamCall
 from .guard import internal_error
+from .http_facts import note_response
 from .pipeline import StreamTelemetry
 from .proxy import AsyncStreamProxy, SyncStreamProxy, _ObservingProxy, wrap_stream
 from .wire import watch_stream
@@ -55,13 +57,23 @@ def _wrap_result(result: Any, call: StreamCall, is_async: bool) -> Any:
         return result
 
 
+def _headers_arrived(call: StreamCall, carrier: Any) -> None:
+    """``create`` returned (or raised an HTTP status error): the response headers are in."""
+    try:
+        note_response(call.monitor, getattr(carrier, "response", None), time.perf_counter())
+    except Exception:  # noqa: BLE001
+        internal_error("response headers")
+
+
 def _send(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     with call.activated():
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
+            _headers_arrived(call, exc)
             call.request_failed(exc)
             raise
+    _headers_arrived(call, result)
     return _wrap_result(result, call, False)
 
 
@@ -71,8 +83,10 @@ async def _send_async(call: StreamCall, request: Any) -> Any:
         try:
             result = await request
         except BaseException as exc:
+            _headers_arrived(call, exc)
             call.request_failed(exc)
             raise
+    _headers_arrived(call, result)
     return _wrap_result(result, call, True)
 
 

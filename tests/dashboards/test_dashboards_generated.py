@@ -211,7 +211,7 @@ def test_heatmap_reads_buckets(committed):
     for p in heatmaps:
         (target,) = p["targets"]
         assert target["format"] == "heatmap"
-        assert f"{names.CHUNK_INTERVAL}_bucket" in target["expr"] and "by (le)" in target["expr"]
+        assert any(f"{b}_bucket" in target["expr"] for b in (names.CHUNK_INTERVAL, names.IDLE_BEFORE_END)) and "by (le)" in target["expr"]
         assert p["options"]["calculate"] is False
 
 

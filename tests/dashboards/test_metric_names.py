@@ -44,6 +44,10 @@ EXTRA = {
         "llm.stream.outcome": "truncated",
         "llm.stream.truncation.reason": "connection_reset",
         "llm.stream.is_retry": False,
+        "http.response.status_code": 200,
+        "llm.stream.http.intermediary": "nginx",
+        "llm.stream.error.cause": "ConnectionResetError",
+        "llm.stream.connection.reused": True,
     },
     "llm.stream.retries": {"llm.stream.retry.layer": "sdk"},
 }

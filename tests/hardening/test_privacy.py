@@ -223,8 +223,11 @@ CLOSED_KEYS = {
     t.IS_RETRY: {True, False},
     t.RETRY_LAYER: {t.RETRY_LAYER_SDK, t.RETRY_LAYER_APPLICATION, t.RETRY_LAYER_HELPER},
     t.GEN_AI_TOKEN_TYPE: {"input", "output"},
+    t.CONNECTION_REUSED: {True, False},
+    t.HTTP_INTERMEDIARY: {v for k, v in vars(t).items() if k.startswith("INTERMEDIARY_")} | {t.ERROR_TYPE_OTHER},
 }
-OTHER_KEYS = {t.SERVER_PORT, t.ERROR_TYPE}
+# Bounded, not free text: an HTTP status code and an exception class name (capped at 32).
+OTHER_KEYS = {t.SERVER_PORT, t.ERROR_TYPE, t.HTTP_RESPONSE_STATUS_CODE, t.ERROR_CAUSE}
 
 
 def metric_attribute_sets(telemetry: Telemetry) -> List[dict]:

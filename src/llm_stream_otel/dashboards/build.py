@@ -167,19 +167,13 @@ def _stat(ids: _Ids, title: str, description: str, unit: str, target: prom.Dataq
     return p
 
 
-def _chunk_heatmap(ids: _Ids, w: int = 12, h: int = 8):
+def _bucket_heatmap(ids: _Ids, title: str, description: str, base: str, w: int = 12, h: int = 8):
+    """A heatmap of a seconds histogram's buckets (one row per ``le``)."""
     return (
         heatmap.Panel()
         .id(ids())
-        .title("Chunk interval heatmap")
-        .description(
-            "Distribution of the gaps between consecutive chunks of a stream "
-            f"({n.CHUNK_INTERVAL}, from the histogram buckets, 0.01 s to 81.92 s doubling). "
-            "Each column is one time step, each row a bucket (upper bound `le`); the colour is how "
-            "many gaps fell in it. A healthy stream is a tight band at tens of milliseconds; cells "
-            "at seconds and above are stalls (over the stall threshold, default 5 s) that users "
-            "see as a frozen answer."
-        )
+        .title(title)
+        .description(description)
         .datasource(DS)
         .unit("s")
         .thresholds(_steps(*BASE))
@@ -187,16 +181,23 @@ def _chunk_heatmap(ids: _Ids, w: int = 12, h: int = 8):
         .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.LE))
         .y_axis(heatmap.YAxisConfig().unit("s").decimals(2))
         .cell_values(heatmap.CellValues().unit("short"))
-        .with_target(
-            _target(
-                q.sum_increase(n.CHUNK_INTERVAL + "_bucket", R, ["le"], F),
-                "{{le}}",
-                fmt=pm.PromQueryFormat.HEATMAP,
-            )
-        )
+        .with_target(_target(q.sum_increase(base + "_bucket", R, ["le"], F), "{{le}}",
+                             fmt=pm.PromQueryFormat.HEATMAP))
         .span(w)
         .height(h)
     )
+
+
+def _chunk_heatmap(ids: _Ids, w: int = 12, h: int = 8):
+    return _bucket_heatmap(
+        ids, "Chunk interval heatmap",
+        "Distribution of the gaps between consecutive chunks of a stream "
+        f"({n.CHUNK_INTERVAL}, from the histogram buckets, 0.01 s to 81.92 s doubling). "
+        "Each column is one time step, each row a bucket (upper bound `le`); the colour is how "
+        "many gaps fell in it. A healthy stream is a tight band at tens of milliseconds; cells "
+        "at seconds and above are stalls (over the stall threshold, default 5 s) that users "
+        "see as a frozen answer.",
+        n.CHUNK_INTERVAL, w, h)
 
 
 def _quantiles(base: str, qs: Sequence[float], labels: Sequence[str] = (), exemplar: bool = False):
@@ -448,7 +449,56 @@ def overview() -> db.Dashboard:
             ids, "Chunks per stream p50 / p95", CHUNKS_DESC, "short",
             _quantiles(n.CHUNKS, (0.5, 0.95))))
     )
-    return d
+    return _why_cut_row(d, ids)
+
+
+def _why_cut_row(d: db.Dashboard, ids: _Ids) -> db.Dashboard:
+    """The row "Why streams are cut" (issue 13): the two signatures of a cut
+    (how long it had been silent, how long it had run), reasons and status
+    codes by server, and the reused-connection share."""
+    truncated = {**F, n.OUTCOME: "=truncated"}
+    reused = q.sum_rate(n.OUTCOMES, R, (n.SERVER,), F, **{n.CONNECTION_REUSED: "true"})
+    with_conn = q.sum_rate(n.OUTCOMES, R, (n.SERVER,), {**F, n.CONNECTION_REUSED: "=~true|false"})
+    heat = _bucket_heatmap(
+        ids, "Silence before the cut",
+        f"Truncated streams by the silence before the cut ({n.IDLE_BEFORE_END}: from the last "
+        "chunk, or the response headers, to the cut). A band at one value (30, 60, 100, 120, "
+        "300 s have buckets of their own) is an idle/read timeout of a proxy or of the client; "
+        "cuts with no silence are restarts, crashes or resets.",
+        n.IDLE_BEFORE_END)
+    return (
+        d.with_row(db.Row("Why streams are cut").id(ids()))
+        .with_panel(heat)
+        .with_panel(_timeseries(
+            ids, "Elapsed at the cut p50 / p95",
+            "How long truncated streams had run when they were cut (duration with outcome "
+            "truncated). Near-constant values with silence before the cut: a proxy timeout; "
+            "spread values with no silence, clustered in time: restarts.", "s",
+            [_target(q.quantile(0.5, n.DURATION, R, (), truncated), "p50"),
+             _target(q.quantile(0.95, n.DURATION, R, (), truncated), "p95", "B")]))
+        .with_panel(_timeseries(
+            ids, "Truncation reasons and causes by server",
+            "Truncated streams per second by server, truncation reason and innermost exception "
+            f"({n.ERROR_CAUSE}: the same on every openai SDK major).", "reqps",
+            [_target(q.sum_rate(n.OUTCOMES, R, (n.SERVER, n.REASON, n.ERROR_CAUSE), truncated),
+                     "{{%s}} {{%s}} {{%s}}" % (n.SERVER, n.REASON, n.ERROR_CAUSE))],
+            stacked=True))
+        .with_panel(_timeseries(
+            ids, "HTTP status codes by server and intermediary",
+            "Streaming calls per second by response status code and the intermediary named by the "
+            "via/server headers. 502/504 from a proxy arrive before any body (outcome failed).",
+            "reqps",
+            [_target(q.sum_rate(n.OUTCOMES, R, (n.SERVER, n.STATUS_CODE, n.INTERMEDIARY),
+                                {**F, n.STATUS_CODE: "!="}),
+                     "{{%s}} {{%s}} {{%s}}" % (n.SERVER, n.STATUS_CODE, n.INTERMEDIARY))],
+            stacked=True))
+        .with_panel(_timeseries(
+            ids, "Reused-connection share",
+            "Share of streams whose TCP connection carried an earlier instrumented stream "
+            "(llm.stream.connection.reused). Cuts or failures concentrated on reused connections "
+            "point to stale keep-alive connections (openai 3.x closes stream connections at [DONE]).",
+            "percentunit", [_target(q.ratio(reused, with_conn, (n.SERVER,)), "{{%s}}" % n.SERVER)]))
+    )
 
 
 # ---------------------------------------------------------------- drill-down

@@ -52,6 +52,7 @@ INSTRUMENTS: Dict[str, Tuple[str, str]] = {
     "llm.stream.retries": (COUNTER, "{attempt}"),
     "llm.stream.recoveries": (COUNTER, "{stream}"),
     "llm.stream.internal_errors": (COUNTER, "{error}"),
+    "llm.stream.idle_before_end": (HISTOGRAM, "s"),
 }
 
 #: OTel instrument name -> Prometheus base name (as observed).  Histograms
@@ -68,6 +69,7 @@ METRICS: Dict[str, str] = {
     "llm.stream.retries": "llm_stream_retries_total",
     "llm.stream.recoveries": "llm_stream_recoveries_total",
     "llm.stream.internal_errors": "llm_stream_internal_errors_total",
+    "llm.stream.idle_before_end": "llm_stream_idle_before_end_seconds",
 }
 
 #: OTel attribute key -> Prometheus label name (as observed).
@@ -84,6 +86,10 @@ LABELS: Dict[str, str] = {
     "llm.stream.truncation.reason": "llm_stream_truncation_reason",
     "llm.stream.is_retry": "llm_stream_is_retry",
     "llm.stream.retry.layer": "llm_stream_retry_layer",
+    "http.response.status_code": "http_response_status_code",
+    "llm.stream.http.intermediary": "llm_stream_http_intermediary",
+    "llm.stream.error.cause": "llm_stream_error_cause",
+    "llm.stream.connection.reused": "llm_stream_connection_reused",
 }
 
 #: The label the dashboards' "service" variable and the alerts group by.
@@ -131,6 +137,7 @@ INTERNAL_ERRORS = METRICS["llm.stream.internal_errors"]
 #: (a panel would be empty, and every panel must show data); alert or graph them
 #: ad hoc (``llm_stream_internal_errors_total``).
 NOT_ON_DASHBOARDS = frozenset({INTERNAL_ERRORS})
+IDLE_BEFORE_END = METRICS["llm.stream.idle_before_end"]
 
 MODEL = LABELS["gen_ai.request.model"]
 RESPONSE_MODEL = LABELS["gen_ai.response.model"]
@@ -141,3 +148,7 @@ IS_RETRY = LABELS["llm.stream.is_retry"]
 RETRY_LAYER = LABELS["llm.stream.retry.layer"]
 TOKEN_TYPE = LABELS["gen_ai.token.type"]
 ERROR_TYPE = LABELS["error.type"]
+STATUS_CODE = LABELS["http.response.status_code"]
+INTERMEDIARY = LABELS["llm.stream.http.intermediary"]
+ERROR_CAUSE = LABELS["llm.stream.error.cause"]
+CONNECTION_REUSED = LABELS["llm.stream.connection.reused"]

@@ -28,6 +28,7 @@ __all__ = [
     "CutMidEvent",
     "Reset",
     "End",
+    "Fin",
     "Action",
     "PlainResponse",
     "Plan",
@@ -58,6 +59,10 @@ FAULT_NAMES = frozenset(
         "http_503",
         "hang",
         "response_failed",
+        "idle_cut",
+        "stale_keepalive",
+        "http_502",
+        "http_504",
     }
 )
 _KNOWN_KEYS = frozenset({"chunks", "delay", "first_delay", "after", "first", "usage", "seconds", "retry_after_ms"})
@@ -69,6 +74,8 @@ RESPONSES_PATH = "/v1/responses"
 STREAM_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 
 _HTTP_FAULTS = {"http_500": 500, "http_429": 429, "http_503": 503}
+# An intermediary's own error page before any body: HTML from "nginx", not JSON.
+_GATEWAY_FAULTS = {"http_502": 502, "http_504": 504}
 _FINISH_FAULTS = {"none": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
 # Keys that still matter when a `first=K` fault degrades to `none` (they shape the answer).
 _CONTENT_KEYS = ("chunks", "delay", "first_delay", "usage")
@@ -403,7 +410,12 @@ class End:
     """Terminate the chunked body cleanly (``0\\r\\n\\r\\n``)."""
 
 
-Action = Union[Emit, Pause, CutMidEvent, Reset, End]
+@dataclass(frozen=True)
+class Fin:
+    """Close with a FIN at a frame boundary, without the terminating chunk (a proxy's idle cut)."""
+
+
+Action = Union[Emit, Pause, CutMidEvent, Reset, End, Fin]
 
 
 @dataclass(frozen=True)
@@ -415,6 +427,7 @@ class PlainResponse:
     headers: Tuple[Tuple[str, str], ...] = ()
     pause: float = 0.0
     truncate: Optional[str] = None  # None | "rst" | "fin"
+    html: Optional[str] = None  # an intermediary's error page instead of the JSON body
 
 
 @dataclass(frozen=True)
@@ -732,6 +745,14 @@ def _http_fault(st: FaultSettings) -> PlainResponse:
     return PlainResponse(status, body, _retry_headers(st, status))
 
 
+def _gateway_fault(st: FaultSettings) -> PlainResponse:
+    """What nginx answers when the upstream is down (502) or timed out before the headers (504)."""
+    status = _GATEWAY_FAULTS[st.name]
+    phrase = {502: "Bad Gateway", 504: "Gateway Time-out"}[status]
+    page = f"<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n<center><h1>{status} {phrase}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    return PlainResponse(status, {}, (("server", "nginx"),) + _retry_headers(st, status), pause=st.first_delay, html=page)
+
+
 def _builder(info: RequestInfo, ids: _Ids, st: FaultSettings) -> Union[_ChatLike, _Responses]:
     pieces = answer_for(info.prompt_text, st.chunks)
     if info.partial:
@@ -763,6 +784,8 @@ def build_plan(info: RequestInfo, st: FaultSettings, token: str, created: int) -
     """Turn a request + resolved fault into what the socket layer must do."""
     if st.name in _HTTP_FAULTS:
         return Plan(plain=_http_fault(st))
+    if st.name in _GATEWAY_FAULTS:
+        return Plan(plain=_gateway_fault(st))
     _check_endpoint(info, st)
     b = _builder(info, _Ids(token, created), st)
     if not info.stream:
@@ -806,6 +829,9 @@ def _stream_actions(st: FaultSettings, b: _Builder) -> List[Action]:
     for i in range(b.n_steps + 1):
         if i == after and st.name in _ABORTS:
             return actions + _ABORTS[st.name](b, i)
+        if i == after and st.name == "idle_cut":
+            # A proxy's idle/read timeout: `seconds` of silence, then the proxy closes.
+            return actions + [Pause(st.seconds), Fin()]
         if i == after and st.name == "stall":
             actions.append(Pause(st.seconds))
         elif i and st.delay:

@@ -51,6 +51,7 @@ from .fault_plan import (
     Emit,
     End,
     Fault,
+    Fin,
     FaultSpecError,
     Pause,
     PlainResponse,
@@ -238,6 +239,7 @@ class FaultServer:
         self._requests: List[RecordedRequest] = []
         self._attempts: Dict[str, int] = {}
         self._conns: set = set()
+        self._streaming: set = set()  # connections in the middle of an SSE body
         self._stopping = threading.Event()
         self._listener: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
@@ -272,6 +274,21 @@ class FaultServer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def cut_open_streams(self) -> int:
+        """A server restart: reset every connection that is streaming right now, at once.
+
+        Returns how many streams were cut. The listener stays up, so the
+        clients' retries reach the "restarted" server.
+        """
+        with self._lock:
+            conns = list(self._streaming)
+            self._streaming.clear()
+            for conn in conns:
+                self._conns.discard(conn)
+        for conn in conns:
+            _reset(conn)
+        return len(conns)
 
     def __enter__(self) -> "FaultServer":
         return self.start()
@@ -321,11 +338,19 @@ class FaultServer:
         """Serve requests on one keep-alive connection until close, fault or stop."""
         reader = _Reader(conn)
         keep = True
+        served = 0
         try:
             while keep and not self._stopping.is_set():
                 req = _read_request(reader)
                 if req is None:
                     break
+                served += 1
+                if served > 1 and _wants_stale_close(req):
+                    # A keep-alive connection the server had already given up on:
+                    # the request meets a close, no response.
+                    self._record(req, _parse_json(req.raw_body), Fault.parse("stale_keepalive"))
+                    self._abort(conn, rst=False)
+                    return
                 keep = self._respond(conn, req) and req.headers.get("connection", "").lower() != "close"
         except (_ClientGone, OSError):
             pass  # the peer went away; a fault server must not crash on that
@@ -415,9 +440,11 @@ class FaultServer:
         if resp.pause and not self._sleep(resp.pause):
             _fin(conn)
             return False
-        payload = json.dumps(resp.body).encode("utf-8")
-        headers = self._common_headers() + list(extra) + list(resp.headers) + [
-            ("content-type", "application/json"),
+        payload = resp.html.encode("utf-8") if resp.html is not None else json.dumps(resp.body).encode("utf-8")
+        own = {key for key, _ in resp.headers}
+        common = [(k, v) for k, v in self._common_headers() if k not in own]
+        headers = common + list(extra) + list(resp.headers) + [
+            ("content-type", "text/html" if resp.html is not None else "application/json"),
             ("content-length", str(len(payload))),
             ("connection", "close" if resp.truncate else "keep-alive"),
         ]
@@ -437,10 +464,16 @@ class FaultServer:
             ("connection", "keep-alive"),
         ]
         _send(conn, _head(200, headers))
-        for action in actions:
-            if not self._run_action(conn, action):
-                return False
-        return True
+        with self._lock:
+            self._streaming.add(conn)
+        try:
+            for action in actions:
+                if not self._run_action(conn, action):
+                    return False
+            return True
+        finally:
+            with self._lock:
+                self._streaming.discard(conn)
 
     def _run_action(self, conn: socket.socket, action: Action) -> bool:
         """Execute one plan step; False once the connection is gone."""
@@ -460,6 +493,9 @@ class FaultServer:
         elif isinstance(action, Reset):
             self._abort(conn, rst=True)
             return False
+        elif isinstance(action, Fin):
+            self._abort(conn, rst=False)
+            return False
         return True
 
     def _abort(self, conn: socket.socket, rst: bool) -> None:
@@ -471,6 +507,11 @@ class FaultServer:
     def _sleep(self, seconds: float) -> bool:
         """Interruptible sleep; False if the server is stopping."""
         return not self._stopping.wait(seconds) if seconds > 0 else True
+
+
+def _wants_stale_close(req: _HttpRequest) -> bool:
+    """``X-Fault: stale_keepalive``: served on a fresh connection, closed unanswered on a reused one."""
+    return req.headers.get("x-fault", "").split(";", 1)[0].strip().lower() == "stale_keepalive"
 
 
 def _parse_json(raw: bytes) -> Any:

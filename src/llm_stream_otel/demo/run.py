@@ -88,10 +88,13 @@ class _Progress:
             self._live.__exit__(None, None, None)
 
 
+_RESTART_EVERY = 60  # completed calls between two simulated server restarts
+
+
 def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop: threading.Event) -> None:
     rng = random.Random(options.seed)
     deadline = time.monotonic() + options.duration if options.duration else None
-    submitted = 0
+    submitted = completed = 0
     running: Set[Future] = set()
     with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="demo") as pool:
         while not stop.is_set():
@@ -111,6 +114,9 @@ def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop:
             finished, running = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
             for _ in finished:
                 progress.advance()
+                completed += 1
+                if completed % _RESTART_EVERY == 0:
+                    server.cut_open_streams()  # a server restart: every open stream cut at once
 
 
 def run_demo(options: DemoOptions, out: Callable[[str], None] = print) -> int:

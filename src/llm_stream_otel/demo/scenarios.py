@@ -50,6 +50,11 @@ SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("chat, always cut, app retry loop", 2, "chat", "reset_between", "app_retry"),
     Scenario("resilient helper, restart", 4, "chat", "reset_mid_chunk;first=1", "resilient_restart", is_async=True),
     Scenario("resilient helper, continue", 4, "chat", "cut_mid_chunk;first=1", "resilient_continue"),
+    # Why streams are cut (issue 13): the signatures `llm-stream-otel diagnose` names.
+    Scenario("chat, proxy idle timeout", 4, "chat", "idle_cut;seconds=1.5", "plain"),
+    Scenario("chat, 502 from a proxy", 2, "chat", "http_502", "plain"),
+    Scenario("chat, 504 from a proxy", 1, "chat", "http_504", "plain"),
+    Scenario("chat, stale keep-alive connection", 2, "chat", "stale_keepalive", "stale_pool"),
 )
 
 _FAST_POLICY = dict(initial_backoff=0.05, max_backoff=0.4, max_attempts=4)
@@ -87,6 +92,9 @@ def run_sync(scenario: Scenario, base_url: str, prompt: str) -> str:
                 return "ok"
             except Exception as exc:  # noqa: BLE001 - the demo reports, never crashes
                 return f"gave up: {type(exc).__name__}"
+        if scenario.style == "stale_pool":
+            # A non-streaming call leaves its connection pooled; the server then drops it.
+            client.chat.completions.create(model="gpt-demo-mini", messages=[{"role": "user", "content": "warm"}])
         attempts = 3 if scenario.style == "app_retry" else 1
         outcome = ""
         for attempt in range(attempts):
