@@ -3,30 +3,33 @@
 The openai SDK passes no request extensions, so httpcore's ``trace`` hook is
 out of reach without patching the client. What every httpx/httpx2 response
 does expose is the public ``network_stream`` response extension, whose
-``get_extra_info("socket")`` names the TCP connection by its address pair.
-A small bounded registry remembers, per connection, when the last
-instrumented stream on it ended: a later stream on the same address pair
-was served by a pooled connection that had been idle since then.
+``get_extra_info("socket")`` is the connection's socket object. A registry
+keyed *weakly* by that socket remembers the last instrumented stream on it:
+a later stream on the same socket object was served by a pooled connection
+that had been idle since that stream ended.
 
-So ``reused=True`` is certain; ``False`` means no earlier *instrumented*
-stream used it (a non-streaming call before it is not seen). One lookup per
-stream; nothing per chunk.
+The registry holds no more than the live sockets (an entry goes with its
+socket when the pool closes the connection; openai 3.x closes a stream's
+connection at its end, so there it stays empty), and a new connection is
+never mistaken for a reused one, even when the OS hands out the same
+address pair again. ``reused=True`` is certain; ``False`` means no earlier
+*instrumented* stream used it (a non-streaming call before it is not seen).
+One lookup per stream; nothing per chunk.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Optional, Tuple
+import weakref
+from typing import Any, Optional
 
 from . import telemetry as t
 
-_MAX_CONNECTIONS = 1024
-# address pair -> the monitor of the last stream on it (its ended_at, read lazily).
-_last_use: "OrderedDict[Tuple[Any, Any], Any]" = OrderedDict()
+# socket -> the monitor of the last stream on it (its ended_at, read lazily).
+_last_use: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
-def connection_key(response: Any) -> Optional[Tuple[Any, Any]]:
-    """(local, remote) address of the response's TCP connection, if exposed."""
+def connection_socket(response: Any) -> Optional[Any]:
+    """The socket object of the response's connection, if exposed."""
     extensions = getattr(response, "extensions", None)
     if not isinstance(extensions, dict):
         return None
@@ -34,24 +37,19 @@ def connection_key(response: Any) -> Optional[Tuple[Any, Any]]:
     get_extra_info = getattr(stream, "get_extra_info", None)
     if get_extra_info is None:
         return None
-    sock = get_extra_info("socket")
-    if sock is None:
-        return None
-    try:
-        return sock.getsockname(), sock.getpeername()
-    except OSError:  # already closed
-        return None
+    return get_extra_info("socket")
 
 
 def connection_facts(monitor: Any, response: Any) -> dict:
     """``llm.stream.connection.reused`` (and ``.idle`` in s) for this stream; records the use."""
-    key = connection_key(response)
-    if key is None:
+    sock = connection_socket(response)
+    if sock is None:
         return {}
-    previous = _last_use.pop(key, None)
-    _last_use[key] = monitor
-    while len(_last_use) > _MAX_CONNECTIONS:
-        _last_use.popitem(last=False)
+    try:
+        previous = _last_use.get(sock)
+        _last_use[sock] = monitor
+    except TypeError:  # a socket-like object that takes no weak reference: not tracked
+        return {}
     if previous is None:
         return {t.CONNECTION_REUSED: False}
     facts: dict = {t.CONNECTION_REUSED: True}
