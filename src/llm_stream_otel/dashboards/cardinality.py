@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, FrozenSet, Iterable, Mapping, Set, Tuple
 
+from .. import telemetry as t
 from . import names as n
 
 #: Labels every series of ours carries, besides the metric's own.
@@ -34,26 +35,41 @@ LABEL_KEYS: Dict[str, FrozenSet[str]] = {
     n.CHUNK_INTERVAL: COMMON | _OUTCOME_DIMS,
     n.CHUNKS: COMMON | _OUTCOME_DIMS,
     n.TOKENS: COMMON | {n.TOKEN_TYPE},
-    n.OUTCOMES: COMMON | {n.ERROR_TYPE, n.OUTCOME, n.REASON, n.IS_RETRY},
-    n.STALLS: COMMON,
+    # Issue 13: the response's status code, intermediary and connection reuse, and
+    # the innermost error cause (closed or capped sets, see the README's budget).
+    n.OUTCOMES: COMMON | {n.ERROR_TYPE, n.OUTCOME, n.REASON, n.IS_RETRY,
+                          n.STATUS_CODE, n.INTERMEDIARY, n.CONNECTION_REUSED, n.ERROR_CAUSE},
+    n.STALLS: COMMON | _OUTCOME_DIMS,  # a trailing stall of a cut stream carries its error type
     n.RETRIES: (COMMON - {n.RESPONSE_MODEL}) | {n.RETRY_LAYER},  # counted before a response
     n.RECOVERIES: COMMON - {n.RESPONSE_MODEL},
+    n.IDLE_BEFORE_END: COMMON | {n.ERROR_TYPE, n.REASON},  # truncated streams only
 }
 
-#: Histogram buckets per series (the SDK's 14 default boundaries + ``+Inf``).
+#: Histogram buckets per series (the semconv-advised 14 boundaries + ``+Inf``).
 BUCKETS = 15
+#: Histograms with boundaries of their own.
+_OWN_BUCKETS = {n.IDLE_BEFORE_END: len(t.IDLE_BEFORE_END_BUCKETS) + 1}
+
+
+def buckets(base: str) -> int:
+    """Buckets per series of the histogram ``base`` (``+Inf`` included)."""
+    return _OWN_BUCKETS.get(base, BUCKETS)
 
 #: The most label combinations (besides model and server) one model/server pair may produce.
 COMBOS_PER_PAIR: Dict[str, int] = {
-    n.OUTCOMES: 10,  # completed, length, content_filter + truncated x reason x is_retry, failed x error type
+    # completed, length, content_filter + truncated x reason x is_retry x cause, failed x error
+    # type x status code, each with its intermediary / reused label: the demo, which runs every
+    # outcome, reason and cut signature, measures 17
+    n.OUTCOMES: 24,
     n.DURATION: 8,  # outcome x error type
     n.TTFC: 6,  # error type (streams that got a first chunk)
     n.CHUNK_INTERVAL: 6,
     n.CHUNKS: 6,
     n.TOKENS: 2,  # input, output
-    n.STALLS: 1,
+    n.STALLS: 3,  # none, or the error type of a cut stream's trailing stall
     n.RETRIES: 3,  # sdk, application, helper
     n.RECOVERIES: 1,
+    n.IDLE_BEFORE_END: 6,  # truncation reason x error type (truncated streams only)
 }
 
 #: Pair-level labels: the budget is per (model, server) and grows with them.
@@ -63,7 +79,7 @@ _NOT_COMBO = frozenset({*PAIR, "server_port", n.RESPONSE_MODEL, "le"})
 
 def width(base: str) -> int:
     """Series one combination costs: 1 for a counter, buckets + _sum + _count for a histogram."""
-    return BUCKETS + 2 if n.METRICS.get(_otel(base)) and n.INSTRUMENTS[_otel(base)][0] == n.HISTOGRAM else 1
+    return buckets(base) + 2 if n.METRICS.get(_otel(base)) and n.INSTRUMENTS[_otel(base)][0] == n.HISTOGRAM else 1
 
 
 def _otel(base: str) -> str:
