@@ -190,7 +190,7 @@ def test_grafana_dashboard_provider_points_at_dashboards(compose):
     host = _mount_for(compose["services"]["grafana"], provider["options"]["path"])
     assert host == (ROOT / "dashboards").resolve()
     found = sorted(p.name for p in host.glob("*.json"))
-    assert found == ["llm-streams-model.json", "llm-streams-overview.json"]
+    assert found == ["llm-streams-fleet.json", "llm-streams-model.json", "llm-streams-overview.json"]
     for f in found:
         dash = json.loads((host / f).read_text())
         assert dash["uid"] and dash["title"]
