@@ -216,26 +216,32 @@ def _quantiles(base: str, qs: Sequence[float], labels: Sequence[str] = (), exemp
     return out
 
 
-def _variables(d: db.Dashboard, *, single: bool) -> db.Dashboard:
-    """datasource, job (service), model, server; ``single`` for the drill-down."""
-    d = d.with_variable(
-        db.DatasourceVariable("datasource").label("Data source").type("prometheus")
-    )
-    d = d.with_variable(
+def _job_variable(series: str, description: str) -> db.QueryVariable:
+    """The multi-select service variable, its values read from ``series``."""
+    return (
         db.QueryVariable("job")
         .label("Service (job)")
-        .description(
-            "Prometheus job label: the OTel service.name via the Collector, the scrape job name "
-            "when Prometheus scrapes the app directly."
-        )
+        .description(description)
         .datasource(DS)
-        .query(f"label_values({n.OUTCOMES}, {n.SERVICE_LABEL})")
+        .query(f"label_values({series}, {n.SERVICE_LABEL})")
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
         .multi(True)
         .include_all(True)
         .all_value(".*")
     )
+
+
+def _variables(d: db.Dashboard, *, single: bool) -> db.Dashboard:
+    """datasource, job (service), model, server; ``single`` for the drill-down."""
+    d = d.with_variable(
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+    )
+    d = d.with_variable(_job_variable(
+        n.OUTCOMES,
+        "Prometheus job label: the OTel service.name via the Collector, the scrape job name "
+        "when Prometheus scrapes the app directly.",
+    ))
     model = (
         db.QueryVariable("model")
         .label("Model")
@@ -601,18 +607,10 @@ FLEET_SERIES = (
 def _fleet_variables(d: db.Dashboard) -> db.Dashboard:
     """datasource and job: recordings keep no model or server label."""
     d = d.with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
-    return d.with_variable(
-        db.QueryVariable("job")
-        .label("Service (job)")
-        .description("The services shown in the per-service panels; the fleet-wide stats always cover every service.")
-        .datasource(DS)
-        .query(f"label_values({_rec('job', 'llm_stream_outcomes', 'rate').split('{')[0]}, {n.SERVICE_LABEL})")
-        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-    )
+    return d.with_variable(_job_variable(
+        _rec("job", "llm_stream_outcomes", "rate").split("{")[0],
+        "The services shown in the per-service panels; the fleet-wide stats always cover every service.",
+    ))
 
 
 def _worst(ids: _Ids, title: str, description: str, expr: str, unit: str, steps: tuple):
