@@ -10,14 +10,15 @@ import pytest
 
 from pathlib import Path
 
-from llm_stream_otel.dashboards import names, queries
+from llm_stream_otel.dashboards import names, queries, recording
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
 DEPLOY = ROOT / "deploy"
-DASHBOARD_FILES = ("llm-streams-overview.json", "llm-streams-model.json")
+DASHBOARD_FILES = ("llm-streams-overview.json", "llm-streams-model.json", "llm-streams-fleet.json")
+FLEET_FILE = "llm-streams-fleet.json"  # built on the recording rules: no model/server labels
 
-KNOWN_SERIES = set(names.all_series_names())
+KNOWN_SERIES = set(names.all_series_names()) | {name for name, _ in recording.rules()}
 KNOWN_LABELS = set(names.LABELS.values()) | {names.SERVICE_LABEL, "le"}
 
 
@@ -135,6 +136,10 @@ def test_no_unsubstituted_variables_left(committed):
 def test_template_variables(committed):
     for fname, dash in committed.items():
         var = {v["name"]: v for v in dash["templating"]["list"]}
+        if fname == FLEET_FILE:
+            assert list(var) == ["datasource", "job"]
+            assert var["job"]["multi"] and "job:llm_stream_outcomes:rate" in var["job"]["query"]
+            continue
         assert list(var) == ["datasource", "job", "model", "server"], fname
         assert var["datasource"]["type"] == "datasource" and var["datasource"]["query"] == "prometheus"
         assert names.SERVICE_LABEL in var["job"]["query"]
@@ -150,6 +155,9 @@ def test_every_query_is_filtered_by_all_variables(committed):
     for fname, dash in committed.items():
         for panel in queries.iter_panels(dash):
             for target in panel.get("targets", []):
+                if fname == FLEET_FILE:  # per service: $job; fleet-wide stats: every service
+                    assert "$job" in target["expr"] or target["expr"].startswith("fleet:"), (panel["title"], target)
+                    continue
                 for var in ("$job", "$model", "$server"):
                     assert var in target["expr"], (fname, panel["title"], var)
 
@@ -161,6 +169,10 @@ def test_links_between_dashboards(committed):
     assert any(l["url"].startswith("/d/llm-streams-model") and l["includeVars"] and l["keepTime"]
                for l in over["links"])
     assert any(l["url"].startswith("/d/llm-streams-overview") and l["keepTime"] for l in drill["links"])
+    fleet = committed[FLEET_FILE]
+    assert fleet["uid"] == "llm-streams-fleet"
+    assert any(l["url"].startswith("/d/llm-streams-fleet") and l["keepTime"] for l in over["links"])
+    assert any(l["url"].startswith("/d/llm-streams-overview") for l in fleet["links"])
     data_links = [
         link
         for panel in queries.iter_panels(over)

@@ -18,13 +18,14 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
 
-from llm_stream_otel.dashboards import thresholds  # noqa: E402
+from llm_stream_otel.dashboards import recording, thresholds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yaml"
 COLLECTOR = DEPLOY / "otel-collector" / "config.yaml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 TEMPO = DEPLOY / "tempo" / "tempo.yaml"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
 
@@ -62,7 +63,7 @@ def test_all_yaml_parses():
 
 def test_compose_structure(compose):
     services = compose["services"]
-    assert {"otel-collector", "prometheus", "grafana", "tempo"} <= set(services)
+    assert {"otel-collector", "prometheus", "grafana", "tempo", "alertmanager"} <= set(services)
     for name, svc in services.items():
         image = svc["image"]
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image tag"
@@ -90,6 +91,19 @@ def test_compose_commands_point_at_mounted_configs(compose):
     tempo = next(a for a in s["tempo"]["command"] if a.startswith("-config.file="))
     assert _mount_for(s["tempo"], tempo.split("=", 1)[1]) == TEMPO.resolve()
     assert _mount_for(s["grafana"], "/etc/grafana/provisioning") == PROVISIONING.resolve()
+    am = next(a for a in s["alertmanager"]["command"] if a.startswith("--config.file="))
+    assert _mount_for(s["alertmanager"], am.split("=", 1)[1]) == ALERTMANAGER.resolve()
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager_service(compose):
+    """alerting: points at the compose Alertmanager, on the port it listens on."""
+    (am,) = load(PROMETHEUS)["alerting"]["alertmanagers"]
+    (static,) = am["static_configs"]
+    (target,) = static["targets"]
+    host, port = target.split(":")
+    svc = compose["services"][host]
+    assert any(str(p).split(":")[-1] == port for p in svc["ports"]), (target, svc["ports"])
+    assert host in compose["services"]["prometheus"]["depends_on"]
 
 
 def test_collector_config_references_existing_components():
@@ -145,6 +159,9 @@ def test_prometheus_rules_mount(compose):
     svc = compose["services"]["prometheus"]
     rules_dir = _mount_for(svc, "/etc/prometheus/rules")
     assert (rules_dir / "llm-stream-alerts.yaml").exists()
+    # the glob in rule_files loads the recording rules too (the fleet dashboard reads them)
+    assert sorted(p.name for p in rules_dir.glob("*.yaml")) == [
+        "llm-stream-alerts.yaml", "llm-stream-recording-rules.yaml"]
 
 
 def test_promtool_check_config_with_rules(promtool, tmp_path):
@@ -155,7 +172,9 @@ def test_promtool_check_config_with_rules(promtool, tmp_path):
                        capture_output=True, text=True, timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    assert "SUCCESS: 4 rules found" in out
+    assert "SUCCESS: 4 rules found" in out  # llm-stream-alerts.yaml
+    assert f"SUCCESS: {len(recording.rules())} rules found" in out  # llm-stream-recording-rules.yaml
+    assert "llm-stream-recording-rules.yaml" in out
 
 
 def test_promtool_check_config_in_place(promtool):
@@ -190,7 +209,7 @@ def test_grafana_dashboard_provider_points_at_dashboards(compose):
     host = _mount_for(compose["services"]["grafana"], provider["options"]["path"])
     assert host == (ROOT / "dashboards").resolve()
     found = sorted(p.name for p in host.glob("*.json"))
-    assert found == ["llm-streams-model.json", "llm-streams-overview.json"]
+    assert found == ["llm-streams-fleet.json", "llm-streams-model.json", "llm-streams-overview.json"]
     for f in found:
         dash = json.loads((host / f).read_text())
         assert dash["uid"] and dash["title"]

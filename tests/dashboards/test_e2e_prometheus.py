@@ -34,7 +34,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
 
-from llm_stream_otel.dashboards import alerts, harness, queries  # noqa: E402
+from llm_stream_otel.dashboards import alerts, harness, queries, recording  # noqa: E402
 
 DURATION = 20.0  # seconds of traffic: enough for 15 s rate windows to fill
 RATE_INTERVAL = "15s"  # $__rate_interval / $__interval with 1 s scrapes
@@ -62,7 +62,9 @@ def run(tmp_path_factory):
              "apt-get install -y prometheus (.ci/run does)")
     workdir = tmp_path_factory.mktemp("prometheus")
     started = time.monotonic()
-    with harness.demo_with_prometheus(duration=DURATION, seed=1, workdir=workdir) as r:
+    # the recording rules too: the fleet dashboard reads them
+    rules = [harness.rule_file(), harness.recording_rule_file()]
+    with harness.demo_with_prometheus(duration=DURATION, seed=1, workdir=workdir, rule_files=rules) as r:
         r.timings["setup_total"] = time.monotonic() - started
         yield r
     # demo_with_prometheus stopped both processes
@@ -128,6 +130,9 @@ def test_template_variable_queries_find_job_model_server(run, dashboards, busies
             selector = queries.substitute(m.group(1), values)
             found[var["name"]] = run.prometheus.label_values(m.group(2), selector)
         assert run.job in found["job"], (file_name, found)
+        if file_name == "llm-streams-fleet.json":  # recordings keep only job
+            assert set(found) == {"job"}, found
+            continue
         assert busiest["model"] in found["model"], (file_name, found)
         assert busiest["server"] in found["server"], (file_name, found)
 
@@ -208,7 +213,7 @@ def test_truncation_alert_holds_for_the_faulty_traffic(run, busiest):
 
 def test_prometheus_evaluates_the_bundled_rules(run):
     rules = {r["name"]: r for r in run.prometheus.rules()}
-    assert set(rules) == set(_rule_expressions())
+    assert set(rules) == set(_rule_expressions()) | {name for name, _ in recording.rules()}
     for name, rule in rules.items():
         assert rule["health"] == "ok", (name, rule.get("lastError"))
     deadline = time.monotonic() + 10

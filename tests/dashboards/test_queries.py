@@ -86,7 +86,7 @@ def test_dashboard_queries_of_build_all():
 
     dashboards = {
         f: json.loads((ROOT / "dashboards" / f).read_text())
-        for f in ("llm-streams-overview.json", "llm-streams-model.json")
+        for f in ("llm-streams-overview.json", "llm-streams-model.json", "llm-streams-fleet.json")
     }
     pairs = queries.all_queries(dashboards, {"model": "gpt-4o"})
     assert len(pairs) > 30

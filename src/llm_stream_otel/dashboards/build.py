@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python -m llm_stream_otel.dashboards.build --out dashboards/ [--deploy deploy/] [--check]
 
-writes ``llm-streams-overview.json`` and ``llm-streams-model.json`` into
+writes ``llm-streams-overview.json``, ``llm-streams-model.json`` and
+``llm-streams-fleet.json`` (built on the recording rules) into
 ``--out`` and the Prometheus rules into ``<out>/alerts/``; with ``--deploy``
 also the Grafana-managed alert rules into
 ``<deploy>/grafana/provisioning/alerting/``.  ``--check`` writes nothing and
@@ -28,7 +29,7 @@ from typing import Optional, Sequence
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import heatmap, stat, timeseries
+from grafana_foundation_sdk.builders import heatmap, stat, table, timeseries
 from grafana_foundation_sdk.builders import prometheus as prom
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
@@ -38,12 +39,15 @@ from grafana_foundation_sdk.models import prometheus as pm
 from . import alerts
 from . import names as n
 from . import promql as q
+from . import recording
 from . import thresholds as t
 
 OVERVIEW_UID = "llm-streams-overview"
 MODEL_UID = "llm-streams-model"
 OVERVIEW_FILE = "llm-streams-overview.json"
 MODEL_FILE = "llm-streams-model.json"
+FLEET_UID = "llm-streams-fleet"
+FLEET_FILE = "llm-streams-fleet.json"
 TAGS = ["llm-stream", "opentelemetry", "gen-ai"]
 
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -213,26 +217,32 @@ def _quantiles(base: str, qs: Sequence[float], labels: Sequence[str] = (), exemp
     return out
 
 
-def _variables(d: db.Dashboard, *, single: bool) -> db.Dashboard:
-    """datasource, job (service), model, server; ``single`` for the drill-down."""
-    d = d.with_variable(
-        db.DatasourceVariable("datasource").label("Data source").type("prometheus")
-    )
-    d = d.with_variable(
+def _job_variable(series: str, description: str) -> db.QueryVariable:
+    """The multi-select service variable, its values read from ``series``."""
+    return (
         db.QueryVariable("job")
         .label("Service (job)")
-        .description(
-            "Prometheus job label: the OTel service.name via the Collector, the scrape job name "
-            "when Prometheus scrapes the app directly."
-        )
+        .description(description)
         .datasource(DS)
-        .query(f"label_values({n.OUTCOMES}, {n.SERVICE_LABEL})")
+        .query(f"label_values({series}, {n.SERVICE_LABEL})")
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
         .multi(True)
         .include_all(True)
         .all_value(".*")
     )
+
+
+def _variables(d: db.Dashboard, *, single: bool) -> db.Dashboard:
+    """datasource, job (service), model, server; ``single`` for the drill-down."""
+    d = d.with_variable(
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+    )
+    d = d.with_variable(_job_variable(
+        n.OUTCOMES,
+        "Prometheus job label: the OTel service.name via the Collector, the scrape job name "
+        "when Prometheus scrapes the app directly.",
+    ))
     model = (
         db.QueryVariable("model")
         .label("Model")
@@ -373,6 +383,7 @@ def overview() -> db.Dashboard:
     d = d.link(
         _dashboard_link("LLM streams: model drill-down", MODEL_UID, "llm-streams-model", "One model and server in detail")
     )
+    d = d.link(_fleet_link())
     range_trunc = q.ratio(
         q.sum_increase(n.OUTCOMES, RANGE, (), F, **{n.OUTCOME: "truncated"}),
         q.sum_increase(n.OUTCOMES, RANGE, (), F),
@@ -612,6 +623,109 @@ def model_drill_down() -> db.Dashboard:
     return d
 
 
+# --------------------------------------------------------------------- fleet
+
+
+def _fleet_link() -> db.DashboardLink:
+    return _dashboard_link("LLM streams: fleet", FLEET_UID, "llm-streams-fleet", "Every service, from the recording rules")
+
+
+def _rec(level: str, metric: str, op: str) -> str:
+    """A recorded series of ``recording.py`` (``job`` ones filtered by ``$job``)."""
+    name = f"{level}:{metric}:{op}{recording.WINDOW}"
+    assert name in dict(recording.rules()), name
+    return name + ('{%s=~"$job"}' % n.SERVICE_LABEL if level == "job" else "")
+
+
+FLEET_SOURCE = (
+    " Read from the recording rules (dashboards/alerts/llm-stream-recording-rules.yaml, "
+    f"{recording.WINDOW} windows): load them into Prometheus or this panel stays empty."
+)
+STALL_STEPS = ((None, "green"), (t.STALL_RATE.threshold, "red"))
+FLEET_SERIES = (
+    ("Truncation rate", "llm_stream_truncation", "ratio_rate", "percentunit", TRUNC_STEPS, TRUNC_DESC),
+    ("Fix rate", "llm_stream_fix", "ratio_rate", "percentunit", FIX_STEPS, FIX_DESC),
+    ("Time to first chunk p95", n.TTFC, "p95_rate", "s", TTFC_STEPS,
+     f"95th percentile time to first chunk. The dashed line is the LLMStreamTimeToFirstChunkHigh "
+     f"threshold ({t.TTFC_P95.threshold:g} s)."),
+    ("Stall rate", "llm_stream_stalls_per_stream", "ratio_rate", "short", STALL_STEPS,
+     "Stalls per stream (gaps between chunks longer than the stall threshold). The dashed line is "
+     f"the LLMStreamStallRateHigh threshold ({t.STALL_RATE.threshold:g} per stream)."),
+)
+
+
+def _fleet_variables(d: db.Dashboard) -> db.Dashboard:
+    """datasource and job: recordings keep no model or server label."""
+    d = d.with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+    return d.with_variable(_job_variable(
+        _rec("job", "llm_stream_outcomes", "rate").split("{")[0],
+        "The services shown in the per-service panels; the fleet-wide stats always cover every service.",
+    ))
+
+
+def _worst(ids: _Ids, title: str, description: str, expr: str, unit: str, steps: tuple):
+    """A table of the worst services right now (instant query, one row per job)."""
+    return (
+        table.Panel()
+        .id(ids())
+        .title(title)
+        .description(description + FLEET_SOURCE)
+        .datasource(DS)
+        .unit(unit)
+        .decimals(2)
+        .thresholds(_steps(*steps))
+        .span(12)
+        .height(7)
+        .with_target(_target(expr, "{{%s}}" % n.SERVICE_LABEL, instant=True, fmt=pm.PromQueryFormat.TABLE))
+    )
+
+
+def fleet() -> db.Dashboard:
+    ids = _Ids()
+    d = _dashboard(
+        FLEET_UID,
+        "LLM streams: fleet",
+        "Every service at once, from the job: and fleet: recording rules: fleet-wide truncation, "
+        "fix rate, time to first chunk and stalls, the same per service, and the worst services.",
+    )
+    d = _fleet_variables(d)
+    d = d.link(_dashboard_link("LLM streams: overview", OVERVIEW_UID, "llm-streams-overview", "One service in detail"))
+    streams = _rec("job", "llm_stream_outcomes", "rate")
+    d = (
+        d.with_row(db.Row("Fleet-wide (every service, last %s)" % recording.WINDOW).id(ids()))
+        .with_panel(_stat(
+            ids, "Services", "Services (job label values) that ended a stream in the last "
+            f"{recording.WINDOW}, among the selected ones." + FLEET_SOURCE, "short",
+            _target(f"count({streams})", "services", instant=True), BASE, w=4))
+        .with_panel(_stat(
+            ids, "Streams per second", "Streaming calls per second over the selected services, any "
+            "outcome." + FLEET_SOURCE, "reqps",
+            _target(f"sum({streams})", "streams/s", instant=True), BASE, w=4))
+    )
+    for title, metric, op, unit, steps, desc in FLEET_SERIES:
+        d = d.with_panel(_stat(
+            ids, f"{title} (fleet)", f"Fleet-wide, every service pooled. {desc}".replace("The dashed line is", "Red from")
+            + FLEET_SOURCE, unit, _target(_rec("fleet", metric, op), "fleet", instant=True), steps,
+            no_value="no truncations" if metric == "llm_stream_fix" else "no data", w=4))
+    d = d.with_row(db.Row("By service").id(ids()))
+    for title, metric, op, unit, steps, desc in FLEET_SERIES:
+        d = d.with_panel(_timeseries(
+            ids, f"{title} by service", f"One line per service. {desc}" + FLEET_SOURCE, unit,
+            [_target(_rec("job", metric, op), "{{%s}}" % n.SERVICE_LABEL)], steps, line=True))
+    d = (
+        d.with_row(db.Row("Worst services (now)").id(ids()))
+        .with_panel(_worst(
+            ids, "Highest truncation rate", "The five services with the highest truncation rate "
+            "right now. Red from the LLMStreamTruncationRateHigh threshold.",
+            f"topk(5, {_rec('job', 'llm_stream_truncation', 'ratio_rate')})", "percentunit", TRUNC_STEPS))
+        .with_panel(_worst(
+            ids, "Slowest time to first chunk p95", "The five services with the highest time to "
+            "first chunk p95 right now. Red from the LLMStreamTimeToFirstChunkHigh threshold.",
+            f"topk(5, {_rec('job', n.TTFC, 'p95_rate')})", "s", TTFC_STEPS))
+    )
+    return d
+
+
 # ----------------------------------------------------------------- rendering
 
 
@@ -621,7 +735,8 @@ def _to_dict(d: db.Dashboard) -> dict:
 
 def build_all() -> dict[str, dict]:
     """File name -> dashboard JSON (as a dict)."""
-    return {OVERVIEW_FILE: _to_dict(overview()), MODEL_FILE: _to_dict(model_drill_down())}
+    return {OVERVIEW_FILE: _to_dict(overview()), MODEL_FILE: _to_dict(model_drill_down()),
+            FLEET_FILE: _to_dict(fleet())}
 
 
 def render(dashboard: dict) -> str:

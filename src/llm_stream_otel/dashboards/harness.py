@@ -85,6 +85,11 @@ def rule_file() -> Path:
     return bundled_dir() / "alerts" / "llm-stream-alerts.yaml"
 
 
+def recording_rule_file() -> Path:
+    """The recording rules the fleet dashboard reads."""
+    return bundled_dir() / "alerts" / "llm-stream-recording-rules.yaml"
+
+
 def load_dashboards() -> Dict[str, Dict[str, Any]]:
     """``{file name: dashboard JSON}`` of every bundled dashboard."""
     return {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(bundled_dir().glob("*.json"))}
@@ -465,4 +470,5 @@ __all__ = [
     "prometheus_binary",
     "prometheus_config",
     "rule_file",
+    "recording_rule_file",
 ]

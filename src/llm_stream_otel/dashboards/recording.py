@@ -11,10 +11,10 @@ Generated into ``dashboards/alerts/llm-stream-recording-rules.yaml`` by
   of two such rates, 0 where the numerator has no series), ``p95_rate5m``
   (``histogram_quantile`` over the 5m bucket rates).
 
-The bundled dashboards and alerts do not need these series: they keep their
-own ``$__rate_interval`` / ``$model`` / ``$server`` filters, which a recording
-cannot answer, so a team that loads only the alert rules loses nothing.  The
-recorded series serve fleet-wide views (one series per service instead of a
+The fleet dashboard (``build.fleet()``) reads these series.  The overview,
+the drill-down and the alerts do not: they keep their own
+``$__rate_interval`` / ``$model`` / ``$server`` filters and labels, which a
+recording cannot answer.  The recorded series serve fleet-wide views (one series per service instead of a
 ratio over services x models x servers x outcomes) and long ranges on a
 long-term store; ``tests/dashboards/test_fleet.py`` checks that they equal the
 raw expressions on real traffic.
