@@ -64,7 +64,7 @@ from .fault_plan import (
     request_info,
     resolve_settings,
 )
-from .scripted import decode_script, script_fault, script_plan
+from .scripted import as_asked, decode_script, script_fault, script_plan
 
 __all__ = ["FaultServer", "Fault", "RecordedRequest", "answer_for", "add_arguments", "run_from_args", "main"]
 
@@ -371,7 +371,7 @@ class FaultServer:
             return self._send_plain(conn, PlainResponse(400, error_body(str(exc), code="invalid_script")))
         fault = script_fault(script)
         self._record(req, body, fault)
-        plan = script_plan(script)
+        plan = script_plan(as_asked(script, req.path, body))
         extra = (("x-fault-applied", "script:" + fault.spec),)
         if plan.plain is not None:
             return self._send_plain(conn, plan.plain, extra)
