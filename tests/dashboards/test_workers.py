@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,8 +61,7 @@ def _streams_stat() -> str:
 
 
 def queries_lifetime(expr: str) -> str:
-    import re
-
+    """``increase(x[w])`` -> ``x``: the stat over the whole run, exactly what was counted."""
     return re.sub(r"\bincrease\(([a-zA-Z_:][\w:]*(?:\{[^}]*\})?)\[[^\]]+\]\)", r"\1", expr)
 
 
