@@ -366,3 +366,26 @@ def test_cli_runs_until_interrupted() -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
         proc.stdout.close()
+
+
+def test_a_reset_comes_after_everything_written_reached_a_slow_reader(client: openai.OpenAI) -> None:
+    """``reset_between`` after a chunk bigger than the socket buffers, read late: the
+    client still gets every chunk before the reset. (An abortive close drops what the
+    peer has not acknowledged; a fixed grace before it lost the tail for a slow reader:
+    the 3.12 flake of test_responses_sync_script under CPU load, issue 19.)"""
+    from llm_stream_otel.demo.scripted import encode_script
+
+    def chunk(text: str) -> str:
+        return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                           "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+
+    huge = "x" * (1024 * 1024)  # more than the reader's receive window, less than it plus our send buffer
+    script = encode_script([chunk("a"), chunk(huge), chunk("b")], "reset_between", 3)
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+                                            extra_headers={"X-Script": script})
+    time.sleep(0.5)  # a reader busy elsewhere: the server's writes fill the windows and wait
+    got: List[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        for c in stream:
+            got.append(c.choices[0].delta.content)
+    assert got == ["a", huge, "b"]

@@ -20,6 +20,7 @@ ENV_MAX_ATTRIBUTE_VALUES = "OTEL_INSTRUMENTATION_LLM_STREAM_MAX_ATTRIBUTE_VALUES
 ENV_METRICS_FAST_PATH = "OTEL_INSTRUMENTATION_LLM_STREAM_METRICS_FAST_PATH"
 ENV_STRICT = "OTEL_INSTRUMENTATION_LLM_STREAM_STRICT"
 ENV_APP_RETRIES = "OTEL_INSTRUMENTATION_LLM_STREAM_APP_RETRIES"
+ENV_INCLUDE_USAGE = "OTEL_INSTRUMENTATION_LLM_STREAM_INCLUDE_USAGE"
 
 DEFAULT_STALL_THRESHOLD = 5.0
 DEFAULT_RETRY_WINDOW = 300.0
@@ -50,6 +51,9 @@ class Settings:
     strict: bool = False
     # Application retry attribution: auto | trace | off (see retry_scope.py).
     app_retries: str = DEFAULT_APP_RETRIES
+    # Ask chat/completions streams for their usage chunk when the app did not
+    # (and hide it from the app again): see include_usage.py.
+    include_usage: bool = False
 
 
 def _positive_float(name: str, raw: Any, default: float) -> float:
@@ -130,6 +134,7 @@ def load_settings(
     fast = pick("metrics_fast_path", ENV_METRICS_FAST_PATH)
     strict = pick("strict", ENV_STRICT)
     app_retries = pick("app_retries", ENV_APP_RETRIES)
+    include_usage = pick("include_usage", ENV_INCLUDE_USAGE)
     return Settings(
         stall_threshold=DEFAULT_STALL_THRESHOLD
         if stall is None
@@ -146,4 +151,7 @@ def load_settings(
         app_retries=DEFAULT_APP_RETRIES
         if app_retries is None
         else _choice(name("app_retries", ENV_APP_RETRIES), app_retries, APP_RETRIES_MODES, DEFAULT_APP_RETRIES),
+        include_usage=False
+        if include_usage is None
+        else _boolean(name("include_usage", ENV_INCLUDE_USAGE), include_usage, False),
     )

@@ -57,6 +57,7 @@ _SETTING_KEYS = (
     "metrics_fast_path",
     "strict",
     "app_retries",
+    "include_usage",
 )
 
 

@@ -190,10 +190,12 @@ async def _async_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCa
 class _ObservingProxy(wrapt.ObjectProxy):  # type: ignore[misc]
     """Shared hooks: feed the monitor, settle the call; never raise."""
 
-    def __init__(self, wrapped: Any, call: StreamCall) -> None:
+    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None) -> None:
         super().__init__(wrapped)
         self._self_call = call
         self._self_monitor = call.monitor
+        # What is read for the app: the stream itself, or a filter of it (include_usage.py).
+        self._self_source = wrapped if source is None else source
 
     def _self_abandon(self) -> None:
         self._self_call.abandoned()
@@ -214,12 +216,12 @@ class _ObservingProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 class SyncStreamProxy(_ObservingProxy):
     """Proxy for ``openai.Stream``."""
 
-    def __init__(self, wrapped: Any, call: StreamCall) -> None:
-        super().__init__(wrapped, call)
-        self._self_next = _sync_step(wrapped, call.monitor.chunk, call)
+    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None) -> None:
+        super().__init__(wrapped, call, source)
+        self._self_next = _sync_step(self._self_source, call.monitor.chunk, call)
 
     def __iter__(self) -> Any:
-        return _sync_iterate(self, self.__wrapped__, self._self_monitor.chunk, self._self_call)
+        return _sync_iterate(self, self._self_source, self._self_monitor.chunk, self._self_call)
 
     def __next__(self) -> Any:
         return self._self_next()
@@ -244,12 +246,12 @@ class SyncStreamProxy(_ObservingProxy):
 class AsyncStreamProxy(_ObservingProxy):
     """Proxy for ``openai.AsyncStream``."""
 
-    def __init__(self, wrapped: Any, call: StreamCall) -> None:
-        super().__init__(wrapped, call)
-        self._self_anext = _async_step(wrapped, call.monitor.chunk, call)
+    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None) -> None:
+        super().__init__(wrapped, call, source)
+        self._self_anext = _async_step(self._self_source, call.monitor.chunk, call)
 
     def __aiter__(self) -> Any:
-        return _async_iterate(self, self.__wrapped__, self._self_monitor.chunk, self._self_call)
+        return _async_iterate(self, self._self_source, self._self_monitor.chunk, self._self_call)
 
     def __anext__(self) -> Any:
         return self._self_anext()
@@ -277,11 +279,11 @@ class AsyncStreamProxy(_ObservingProxy):
             self._self_abandon()
 
 
-def wrap_stream(result: Any, call: StreamCall) -> Any:
+def wrap_stream(result: Any, call: StreamCall, source: Any = None) -> Any:
     """Wrap an SDK stream; anything else is returned untouched and its span ended."""
     if hasattr(result, "__anext__"):
-        return AsyncStreamProxy(result, call)
+        return AsyncStreamProxy(result, call, source)
     if hasattr(result, "__next__"):
-        return SyncStreamProxy(result, call)
+        return SyncStreamProxy(result, call, source)
     call.abandoned()
     return result

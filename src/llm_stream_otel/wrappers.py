@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Optional
 from .call import StreamCall
 from .guard import internal_error
 from .http_facts import note_response
+from .include_usage import HidingSource, with_usage_requested
 from .pipeline import StreamTelemetry
 from .proxy import AsyncStreamProxy, SyncStreamProxy, _ObservingProxy, wrap_stream
 from .wire import watch_stream
@@ -38,20 +39,22 @@ def _begin(telemetry: StreamTelemetry, kind: str, instance: Any, kwargs: Mapping
         return None
 
 
-def _wrap_result(result: Any, call: StreamCall, is_async: bool) -> Any:
+def _wrap_result(result: Any, call: StreamCall, is_async: bool, hide_usage: bool = False) -> Any:
     try:
         call.wire = watch_stream(result, call.telemetry.wire_strategy)
     except Exception:  # noqa: BLE001 - the stream is still observed, by the finish-reason rule
         internal_error("wire hook")
     try:
+        # We asked for usage the app did not: read through the filter that undoes it.
+        source = HidingSource(result, call.monitor) if hide_usage else None
         # Pick the proxy by the method called, not by duck typing: a stream
         # wrapper of another instrumentation (openai-v2's) can implement both
         # protocols, and a sync stream in an async proxy would go unobserved.
         if is_async and hasattr(result, "__anext__"):
-            return AsyncStreamProxy(result, call)
+            return AsyncStreamProxy(result, call, source)
         if not is_async and hasattr(result, "__next__"):
-            return SyncStreamProxy(result, call)
-        return wrap_stream(result, call)
+            return SyncStreamProxy(result, call, source)
+        return wrap_stream(result, call, source)
     except Exception:  # noqa: BLE001
         internal_error("stream wrap")
         return result
@@ -65,7 +68,7 @@ def _headers_arrived(call: StreamCall, carrier: Any) -> None:
         internal_error("response headers")
 
 
-def _send(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+def _send(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: dict, hide_usage: bool) -> Any:
     with call.activated():
         try:
             result = wrapped(*args, **kwargs)
@@ -74,10 +77,10 @@ def _send(call: StreamCall, wrapped: Callable[..., Any], args: tuple, kwargs: di
             call.request_failed(exc)
             raise
     _headers_arrived(call, result)
-    return _wrap_result(result, call, False)
+    return _wrap_result(result, call, False, hide_usage)
 
 
-async def _send_async(call: StreamCall, request: Any) -> Any:
+async def _send_async(call: StreamCall, request: Any, hide_usage: bool) -> Any:
     """Await the request the SDK's ``create`` returned (its body runs here, under our span)."""
     with call.activated():
         try:
@@ -87,7 +90,18 @@ async def _send_async(call: StreamCall, request: Any) -> Any:
             call.request_failed(exc)
             raise
     _headers_arrived(call, result)
-    return _wrap_result(result, call, True)
+    return _wrap_result(result, call, True, hide_usage)
+
+
+def _usage_kwargs(telemetry: StreamTelemetry, kind: str, kwargs: dict) -> Optional[dict]:
+    """The request with ``include_usage`` added when the setting is on and the app did not choose."""
+    if not telemetry.settings.include_usage:
+        return None
+    try:
+        return with_usage_requested(kind, kwargs)
+    except Exception:  # noqa: BLE001
+        internal_error("include usage")
+        return None
 
 
 def _abandon_raw_stream(helper: Any) -> None:
@@ -129,15 +143,22 @@ def method_wrapper(telemetry: StreamTelemetry, kind: str, is_async: bool) -> Cal
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         if not _wants_stream(kwargs):
             return wrapped(*args, **kwargs)
+        usage_kwargs = _usage_kwargs(telemetry, kind, kwargs)
+        sent = kwargs if usage_kwargs is None else usage_kwargs
         if is_async:
             # Call at once: an argument error raises here, as without us, and
             # records nothing. The coroutine's body runs when it is awaited.
-            request = wrapped(*args, **kwargs)
+            request = wrapped(*args, **sent)
             call = _begin(telemetry, kind, instance, kwargs)
-            return request if call is None else _send_async(call, request)
+            if call is not None:
+                return _send_async(call, request, usage_kwargs is not None)
+            if usage_kwargs is None:
+                return request
+            request.close()  # not started: send the app's own request instead
+            return wrapped(*args, **kwargs)
         call = _begin(telemetry, kind, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        return _send(call, wrapped, args, kwargs)
+        return _send(call, wrapped, args, sent, usage_kwargs is not None)
 
     return wrapper

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hypothesis import strategies as st
@@ -352,6 +352,22 @@ def scenarios(endpoint: Optional[str] = None) -> Any:
     return st.one_of(choices_scenario("chat"), choices_scenario("completions"), responses_scenario())
 
 
+def without_usage(scn: Scenario) -> Scenario:
+    """The scenario as the real API sends it to an app that did not ask for usage:
+    no chunk carries usage (the server adds it when asked: ``scripted.as_asked``)."""
+
+    def unasked(event: str) -> bool:
+        try:
+            obj = json.loads(event)
+        except ValueError:
+            return True
+        return not (isinstance(obj, dict) and obj.get("usage") is not None)
+
+    keep = [unasked(e) if isinstance(e, str) else True for e in scn.events]
+    at = None if scn.at is None else sum(keep[: scn.at])
+    return replace(scn, events=[e for e, k in zip(scn.events, keep) if k], at=at)
+
+
 # --------------------------------------------------------------------------- driving the SDK
 
 
@@ -424,4 +440,6 @@ def assert_same_app_view(plain: Tuple[List[Any], Optional[BaseException]],
     assert [type(c) for c in chunks] == [type(c) for c in plain_chunks]
     assert chunks == plain_chunks  # pydantic equality: fields, extras and fields-set
     assert [c.model_dump(warnings=False) for c in chunks] == [c.model_dump(warnings=False) for c in plain_chunks]
+    # What to_dict() / exclude_unset read (recent pydantic's == ignores the fields-set).
+    assert [c.model_fields_set for c in chunks] == [c.model_fields_set for c in plain_chunks]
     assert exception_view(exc) == exception_view(plain_exc), (exc, plain_exc)

@@ -14,6 +14,12 @@ For every script:
   chunk count the script implies (oracle: ``hardening_scripts.expected``),
   and exactly one ``llm.stream.outcomes`` point agrees with it;
 - nothing of ours logs an internal error.
+
+Each test runs twice: as above, and with ``include_usage`` on (issue 19),
+where the script is first made what the real API sends an app that did not
+ask for usage (``without_usage``); the server adds the usage chunk and the
+``usage: null`` fields for the instrumented run, which asked for them, and
+the app must still see what the uninstrumented app sees without the option.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 import openai
+import pytest
 from hypothesis import given, settings
 from opentelemetry.trace import StatusCode
 
@@ -32,6 +39,7 @@ from hardening_scripts import (
     consume,
     expected,
     scenarios,
+    without_usage,
 )
 from llm_stream_otel import LLMStreamInstrumentor
 from llm_stream_otel import telemetry as t
@@ -92,42 +100,63 @@ def check_telemetry(telemetry: Telemetry, scn: Scenario, plain_exc: Optional[Bas
     assert telemetry.total(t.METRIC_DURATION) == 1
 
 
-def _run_sync(client: openai.OpenAI, scn: Scenario, our_logs: Any) -> None:
+INCLUDE_USAGE = pytest.mark.parametrize("include_usage", [False, True], ids=["usage-off", "usage-on"])
+
+
+def _as_sent(scn: Scenario, include_usage: bool) -> Scenario:
+    return without_usage(scn) if include_usage else scn
+
+
+def check_usage(telemetry: Telemetry, scn: Scenario, plain_exc: Optional[BaseException], include_usage: bool) -> None:
+    """With the setting on, a chat/completions stream read through its [DONE] has the usage we asked for."""
+    if include_usage and scn.endpoint != "responses" and plain_exc is None and "[DONE]" in scn.delivered():
+        assert dict(telemetry.stream_spans()[0].attributes)[t.GEN_AI_USAGE_OUTPUT_TOKENS] == 4
+
+
+def _run_sync(client: openai.OpenAI, scn: Scenario, our_logs: Any, include_usage: bool) -> None:
+    scn = _as_sent(scn, include_usage)
     plain = consume(client, scn)
     our_logs.clear()
-    with Instrumented() as telemetry:
+    with Instrumented(include_usage=include_usage) as telemetry:
         got = consume(client, scn)
     assert_same_app_view(plain, got)
     check_telemetry(telemetry, scn, plain[1], got[0])
+    check_usage(telemetry, scn, plain[1], include_usage)
     assert our_logs.internal_errors() == [], [r.getMessage() for r in our_logs.internal_errors()]
 
 
+@INCLUDE_USAGE
 @settings(PROFILE)
 @given(scn=scenarios("chat"))
-def test_chat_sync_script(sync_client, our_logs, scn):
-    _run_sync(sync_client, scn, our_logs)
+def test_chat_sync_script(sync_client, our_logs, include_usage, scn):
+    _run_sync(sync_client, scn, our_logs, include_usage)
 
 
+@INCLUDE_USAGE
 @settings(PROFILE)
 @given(scn=scenarios("completions"))
-def test_completions_sync_script(sync_client, our_logs, scn):
-    _run_sync(sync_client, scn, our_logs)
+def test_completions_sync_script(sync_client, our_logs, include_usage, scn):
+    _run_sync(sync_client, scn, our_logs, include_usage)
 
 
+@INCLUDE_USAGE
 @settings(PROFILE)
 @given(scn=scenarios("responses"))
-def test_responses_sync_script(sync_client, our_logs, scn):
-    _run_sync(sync_client, scn, our_logs)
+def test_responses_sync_script(sync_client, our_logs, include_usage, scn):
+    _run_sync(sync_client, scn, our_logs, include_usage)
 
 
+@INCLUDE_USAGE
 @settings(PROFILE)
 @given(scn=scenarios())
-def test_async_script(loop_client, our_logs, scn):
+def test_async_script(loop_client, our_logs, include_usage, scn):
     loop, client = loop_client
+    scn = _as_sent(scn, include_usage)
     plain = loop.run(aconsume(client, scn))
     our_logs.clear()
-    with Instrumented() as telemetry:
+    with Instrumented(include_usage=include_usage) as telemetry:
         got = loop.run(aconsume(client, scn))
     assert_same_app_view(plain, got)
     check_telemetry(telemetry, scn, plain[1], got[0])
+    check_usage(telemetry, scn, plain[1], include_usage)
     assert our_logs.internal_errors() == []

@@ -44,6 +44,12 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+try:  # Linux/BSD: how many written bytes the peer has not acknowledged yet
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    fcntl = termios = None  # type: ignore[assignment]
+
 from .fault_plan import (
     STREAM_PATHS,
     Action,
@@ -65,13 +71,17 @@ from .fault_plan import (
     request_info,
     resolve_settings,
 )
-from .scripted import decode_script, script_fault, script_plan
+from .scripted import as_asked, decode_script, script_fault, script_plan
 
 __all__ = ["FaultServer", "Fault", "RecordedRequest", "answer_for", "add_arguments", "run_from_args", "main"]
 
 _MAX_HEAD = 64 * 1024
 _IDLE_TIMEOUT = 30.0  # keep-alive connections idle longer than this are closed
 _FLUSH_GRACE = 0.02  # let written bytes reach the peer before an abortive close drops them
+# An abortive close discards what the peer has not acknowledged yet: before a
+# RST, wait (at most this long) until the peer's kernel has every byte we wrote.
+_DELIVERY_TIMEOUT = 10.0
+_TIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if termios is not None else None
 
 
 @dataclass
@@ -191,6 +201,30 @@ def _send(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
     except OSError as exc:
         raise _ClientGone() from exc
+
+
+def _unacknowledged(sock: socket.socket) -> Optional[int]:
+    """Bytes still in the send queue (unsent or unacknowledged), or None where the OS cannot say."""
+    if _TIOCOUTQ is None:
+        return None
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return None
+
+
+def _wait_delivered(sock: socket.socket, timeout: float = _DELIVERY_TIMEOUT) -> None:
+    """Until the peer's kernel holds everything written (a slow reader fills its window
+    and the rest waits in our send queue, which an abortive close would throw away)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pending = _unacknowledged(sock)
+        if pending is None:
+            time.sleep(_FLUSH_GRACE)  # no way to know: the old guess
+            return
+        if pending == 0:
+            return
+        time.sleep(0.001)
 
 
 def _reset(sock: socket.socket) -> None:
@@ -396,7 +430,7 @@ class FaultServer:
             return self._send_plain(conn, PlainResponse(400, error_body(str(exc), code="invalid_script")))
         fault = script_fault(script)
         self._record(req, body, fault)
-        plan = script_plan(script)
+        plan = script_plan(as_asked(script, req.path, body))
         extra = (("x-fault-applied", "script:" + fault.spec),)
         if plan.plain is not None:
             return self._send_plain(conn, plan.plain, extra)
@@ -499,7 +533,10 @@ class FaultServer:
         return True
 
     def _abort(self, conn: socket.socket, rst: bool) -> None:
-        time.sleep(_FLUSH_GRACE)
+        if rst:
+            _wait_delivered(conn)
+        else:
+            time.sleep(_FLUSH_GRACE)
         with self._lock:
             self._conns.discard(conn)
         _reset(conn) if rst else _fin(conn)

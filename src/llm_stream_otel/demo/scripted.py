@@ -30,6 +30,11 @@ Faults (the names of :data:`fault_plan.FAULT_NAMES`), applied once
   no stream at all.
 
 Use :func:`encode_script` to build the header value.
+
+A chat or completions request with ``stream_options.include_usage`` gets
+what the real API adds then (:func:`as_asked`): ``"usage": null`` on every
+chunk object that has no usage, and a usage-only chunk (``choices: []``)
+just before ``[DONE]`` (a fault at ``[DONE]`` cuts before it).
 """
 
 from __future__ import annotations
@@ -38,10 +43,12 @@ import base64
 import binascii
 import json
 import zlib
-from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .fault_plan import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
     Action,
     CutMidEvent,
     Emit,
@@ -55,7 +62,8 @@ from .fault_plan import (
     error_body,
 )
 
-__all__ = ["HEADER", "SCRIPT_FAULTS", "Script", "encode_script", "decode_script", "script_plan", "script_fault", "sse_event"]
+__all__ = ["HEADER", "SCRIPT_FAULTS", "Script", "encode_script", "decode_script", "script_plan", "script_fault", "sse_event",
+           "as_asked"]
 
 HEADER = "X-Script"
 SCRIPT_FAULTS = frozenset(
@@ -234,3 +242,43 @@ def script_plan(script: Script) -> Plan:
 def script_fault(script: Script) -> Fault:
     """The fault a script applies, as recorded by the server."""
     return Fault(script.fault)
+
+
+_USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def _null_usage(event: Event) -> Tuple[Event, Optional[Dict[str, Any]]]:
+    """``event`` with ``"usage": null`` added if it is a chunk object without usage (and the object)."""
+    if not isinstance(event, str):
+        return event, None
+    try:
+        obj = json.loads(event)
+    except ValueError:
+        return event, None
+    if not isinstance(obj, dict) or "usage" in obj or "error" in obj:
+        return event, None
+    # Appended as text: the script's own bytes stay as they were.
+    text = event.rstrip()
+    return ('{"usage": null}' if not obj else text[:-1] + ', "usage": null}'), obj
+
+
+def as_asked(script: Script, path: str, body: Mapping[str, Any]) -> Script:
+    """The script as the real API sends it for this request (see the module docstring)."""
+    options = body.get("stream_options")
+    if path not in (CHAT_PATH, COMPLETIONS_PATH) or not (isinstance(options, dict) and options.get("include_usage")):
+        return script
+    events: List[Event] = []
+    envelope: Dict[str, Any] = {}
+    for event in script.events:
+        event, obj = _null_usage(event)
+        if obj and "choices" in obj:
+            envelope = obj
+        events.append(event)
+    at = script.at
+    if "[DONE]" in events:
+        done = events.index("[DONE]")
+        usage = {k: envelope[k] for k in ("id", "object", "created", "model") if k in envelope}
+        events.insert(done, json.dumps(dict(usage, choices=[], usage=_USAGE)))
+        if at is not None and at > done:
+            at += 1
+    return replace(script, events=tuple(events), at=at)
