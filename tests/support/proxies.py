@@ -71,6 +71,7 @@ class Proxy:
         self.dir = tempfile.mkdtemp(prefix=f"llm-stream-otel-{self.name}-")
         self.log = os.path.join(self.dir, "error.log")
         self.proc: Optional[subprocess.Popen] = None
+        self.stopping = False
 
     @property
     def base_url(self) -> str:
@@ -92,12 +93,16 @@ class Proxy:
 
     def stop(self) -> None:
         """Stop the proxy now (what it does to open connections is the proxy's)."""
+        self.stopping = True
+        self._signal_stop()
+
+    def _signal_stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
     def close(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
+            if not self.stopping:  # a test's stop() may still be shutting it down
                 self.stop()
             try:
                 self.proc.wait(5)
@@ -157,7 +162,7 @@ http {{
     def command(self) -> List[str]:
         return [self.binary, "-e", self.log, "-p", self.dir, "-c", self.conf]
 
-    def stop(self) -> None:
+    def _signal_stop(self) -> None:
         """``nginx -s stop`` (fast shutdown) with this process's own -c/-p."""
         if self.proc is not None and self.proc.poll() is None:
             subprocess.run([self.binary, "-e", self.log, "-p", self.dir, "-c", self.conf, "-s", "stop"],
