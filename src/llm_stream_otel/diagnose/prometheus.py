@@ -42,6 +42,14 @@ def _value(sample: Dict[str, Any]) -> float:
     return v if math.isfinite(v) else 0.0
 
 
+def _growth(series: str, window: str) -> str:
+    """How much each counter series grew over ``window``, exactly (no ``increase()`` extrapolation).
+
+    A series born inside the window counts whole; a counter reset counts 0.
+    """
+    return f"clamp_min({series} - {series} offset {window}, 0) or ({series} unless {series} offset {window})"
+
+
 class Reader:
     """The queries ``diagnose`` needs, over the last ``since`` seconds up to ``at``."""
 
@@ -59,7 +67,7 @@ class Reader:
         return _get(self.url, "query", {"query": expr, "time": self.at}, self.timeout)
 
     def by(self, labels: str, metric: str, extra: str = "", window: Optional[str] = None) -> List[Dict[str, Any]]:
-        return self.query(f"sum by ({labels}) (increase({metric}{self._m(extra)}[{window or self.range}]))")
+        return self.query(f"sum by ({labels}) ({_growth(metric + self._m(extra), window or self.range)})")
 
     def read(self) -> List[ServerData]:
         s, reason = n.SERVER, n.REASON
@@ -91,7 +99,8 @@ class Reader:
             get(r).timeout_idle_buckets.append((float(r["metric"]["le"]), _value(r)))
         for r in self.by(s, n.RECOVERIES):
             get(r).recoveries += _value(r)
-        gap = f"histogram_quantile(0.99, sum by ({s}, le) (increase({n.CHUNK_INTERVAL}_bucket{self._m()}[{self.range}])))"
+        gaps = _growth(n.CHUNK_INTERVAL + "_bucket" + self._m(), self.range)
+        gap = f"histogram_quantile(0.99, sum by ({s}, le) ({gaps}))"
         for r in self.query(gap):
             if r["metric"].get(s, "") in servers and math.isfinite(float(r["value"][1])):
                 servers[r["metric"].get(s, "")].p99_gap = float(r["value"][1])
@@ -100,9 +109,10 @@ class Reader:
 
     def _over_time(self, servers: Dict[str, ServerData], idle: str) -> None:
         """Instant cuts per window: a restart cuts every open stream in the same window."""
-        step = max(2.0, self.since / 120.0)
+        step = float(max(1, int(math.ceil(self.since / 240.0))))
         le = 'le="%g"' % INSTANT
-        expr = f"sum by ({n.SERVER}) (increase({idle}{self._m(le)}[{int(math.ceil(step))}s]))"
+        grown = _growth(idle + self._m(le), "%gs" % step)
+        expr = f"sum by ({n.SERVER}) ({grown})"
         params = {"query": expr, "start": self.at - self.since, "end": self.at, "step": step}
         for r in _get(self.url, "query_range", params, self.timeout):
             d = servers.get(r["metric"].get(n.SERVER, ""))

@@ -19,7 +19,7 @@ MIN_IDLE_TIMEOUT = 0.5
 CONSTANT_SHARE = 0.6
 #: A time window is a burst when it holds at least this many instant cuts ...
 BURST_MIN = 3
-#: ... and at least this many times the median window.
+#: ... above the median window, and this many standard deviations (sqrt(median)) above it.
 BURST_FACTOR = 3.0
 #: A cause is reported once it explains at least this many streams.
 MIN_EVIDENCE = 2
@@ -121,8 +121,10 @@ def restarts(d: ServerData, total: float) -> Optional[Finding]:
     nonzero = sorted(w for w in windows if w > 0)
     if not nonzero:
         return None
-    median = nonzero[len(nonzero) // 2] if len(nonzero) > 2 else 0.0
-    bursts = [w for w in windows if w >= BURST_MIN and w >= BURST_FACTOR * median]
+    ordered = sorted(windows)
+    median = ordered[len(ordered) // 2]
+    # Poisson-like background: a burst stands well above the usual window.
+    bursts = [w for w in windows if w >= median + max(BURST_MIN, BURST_FACTOR * median ** 0.5)]
     clustered = sum(bursts)
     if clustered < BURST_MIN:
         return None
