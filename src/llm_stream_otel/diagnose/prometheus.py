@@ -18,6 +18,12 @@ class PrometheusError(RuntimeError):
     """Prometheus is unreachable or answered with an error."""
 
 
+#: Innermost causes of a connection the peer closed before any response
+#: (httpcore "Server disconnected without sending a response", a reset),
+#: the stale keep-alive signature when the pool does not say it was reused.
+_CLOSED_UNANSWERED = frozenset({"RemoteProtocolError", "ConnectionResetError", "BrokenPipeError", "RemoteDisconnected"})
+
+
 def _get(url: str, path: str, params: Dict[str, Any], timeout: float) -> Any:
     full = f"{url.rstrip('/')}/api/v1/{path}?{urllib.parse.urlencode(params)}"
     try:
@@ -78,7 +84,7 @@ class Reader:
             return servers.setdefault(name, ServerData(server=name or "(no server.address)"))
 
         outcome = n.OUTCOME
-        for r in self.by(f"{s},{outcome},{reason},{n.STATUS_CODE},{n.INTERMEDIARY},{n.CONNECTION_REUSED}", n.OUTCOMES,
+        for r in self.by(f"{s},{outcome},{reason},{n.STATUS_CODE},{n.INTERMEDIARY},{n.CONNECTION_REUSED},{n.ERROR_CAUSE}", n.OUTCOMES,
                          f'{outcome}=~"truncated|failed"'):
             d, m, v = get(r), r["metric"], _value(r)
             if m.get(outcome) == "truncated":
@@ -90,7 +96,7 @@ class Reader:
                 if m.get(n.STATUS_CODE):
                     k = (m[n.STATUS_CODE], m.get(n.INTERMEDIARY, ""))
                     d.failures_by_status[k] = d.failures_by_status.get(k, 0.0) + v
-            if m.get(n.CONNECTION_REUSED) == "true" and not m.get(n.STATUS_CODE):
+            if not m.get(n.STATUS_CODE) and (m.get(n.CONNECTION_REUSED) == "true" or m.get(n.ERROR_CAUSE) in _CLOSED_UNANSWERED):
                 d.stale_reused += v
         idle = n.IDLE_BEFORE_END + "_bucket"
         for r in self.by(f"{s},le", idle, f'{reason}!="read_timeout"'):

@@ -43,7 +43,7 @@ class ServerData:
     window_seconds: float = 0.0
     #: failed streams by (status code, intermediary)
     failures_by_status: Dict[Tuple[str, str], float] = field(default_factory=dict)
-    #: broken streams (cut or failed) on a reused pooled connection and without a status code
+    #: broken streams with no HTTP status: on a reused pooled connection, or closed by the peer unanswered
     stale_reused: float = 0.0
     recoveries: float = 0.0  # streams that a retry recovered
     p99_gap: Optional[float] = None  # s between chunks (all streams)
@@ -174,8 +174,8 @@ def stale_connection(d: ServerData, total: float) -> Optional[Finding]:
         "stale pooled keep-alive connections",
         d.stale_reused,
         d.stale_reused / total,
-        f"{d.stale_reused:g} streams broke on a reused pooled connection before any HTTP status: "
-        "the server or proxy had closed it while it sat idle in the pool",
+        f"{d.stale_reused:g} requests got no HTTP status at all: the connection (reused from the pool, or "
+        "closed by the peer before any response) had been closed by the server or proxy while it sat idle",
         "set the client's keep-alive expiry below the server's/proxy's idle timeout "
         "(httpx: `limits=httpx.Limits(keepalive_expiry=...)`), or retry requests that fail on a reused connection",
     )
