@@ -125,7 +125,7 @@ def restarts(d: ServerData, total: float) -> Optional[Finding]:
     median = ordered[len(ordered) // 2]
     # Poisson-like background: a burst stands well above the usual window.
     bursts = [w for w in windows if w >= median + max(BURST_MIN, BURST_FACTOR * median ** 0.5)]
-    clustered = sum(bursts)
+    clustered = sum(w - median for w in bursts)  # above the background: the restart's own cuts
     if clustered < BURST_MIN:
         return None
     instant = sum(nonzero)
@@ -136,8 +136,9 @@ def restarts(d: ServerData, total: float) -> Optional[Finding]:
         clustered,
         clustered / total,
         f"{clustered:g} cuts with no silence before them (<= {INSTANT:g} s) came in {len(bursts)} burst(s) "
-        f"of {', '.join(f'{b:g}' for b in bursts)} streams within {d.window_seconds:g} s "
-        f"({_pct(clustered / instant)} of the {instant:g} instant cuts): every open stream was cut at once",
+        f"of {', '.join(f'{b:g}' for b in bursts)} streams within {d.window_seconds:g} s, against a usual "
+        f"{median:g} per {d.window_seconds:g} s ({_pct(clustered / instant)} of the {instant:g} instant cuts): "
+        "many open streams were cut at once",
         f"retry cut streams (backoff, resume or restart the stream); retries recovered {_pct(fix_rate)} "
         f"of the cut streams here ({d.recoveries:g} of {d.cuts:g}); drain connections before a restart",
         {"bursts": bursts, "fix_rate": fix_rate},
