@@ -56,6 +56,15 @@ _EXAMPLES_DEPLOY = """examples:
       # writes stack/deploy/ (compose, Collector, Prometheus, Tempo, Grafana
       # provisioning) and stack/dashboards/ (dashboards + alert rules it mounts)
 """
+_EXAMPLES_DIAGNOSE = """examples:
+  llm-stream-otel diagnose --prometheus http://localhost:9090
+  llm-stream-otel diagnose --prometheus http://prom:9090 --job my-app --since 6h --json
+
+Reads llm_stream_outcomes_total, llm_stream_idle_before_end_seconds, the chunk
+gap histogram and llm_stream_recoveries_total and names, per server address,
+the probable causes of cut streams with evidence, share and fix.
+Exit 0 on success, 1 when Prometheus is unreachable, 2 on bad arguments.
+"""
 _EXAMPLES_DOCTOR = """examples:
   llm-stream-otel doctor
   OTEL_INSTRUMENTATION_LLM_STREAM_STALL_THRESHOLD=2 llm-stream-otel doctor
@@ -80,6 +89,28 @@ def _number(kind: type, minimum: float, maximum: float = float("inf"), what: str
 _COUNT = _number(int, 1, what="must be 1 or more")
 _PORT = _number(int, 0, 65535, what="must be a port number, 0 to 65535 (0 = off)")
 _SECONDS = _number(float, 1e-9, 1e9, what="must be a positive number of seconds")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``90s`` / ``15m`` / ``1h`` / ``2d`` (or plain seconds) -> seconds; usage error otherwise."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if unit else t) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 1h") from None
+    if not 1 <= value <= 366 * 86400:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: 1s to 366d")
+    return value
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s):// URL")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     deploy_commands = deploy.add_subparsers(dest="deploy_command", metavar="ACTION")
     deploy_export = deploy_commands.add_parser("export", help="write deploy/ and the dashboards/ it mounts into DIR", epilog=_EXAMPLES_DEPLOY, formatter_class=fmt)
     deploy_export.add_argument("dir", type=Path, help="target folder (created if missing)")
+
+    diag = commands.add_parser("diagnose", help="why streams are cut: probable causes per server, read from Prometheus", epilog=_EXAMPLES_DIAGNOSE, formatter_class=fmt)
+    diag.add_argument("--prometheus", required=True, metavar="URL", type=_url, help="Prometheus base URL, e.g. http://localhost:9090")
+    diag.add_argument("--job", default=None, help="only this scrape job / service (the `job` label)")
+    diag.add_argument("--since", type=_duration, default=3600.0, metavar="DURATION", help="look back this far: 90s, 15m, 1h, 2d (default 1h)")
+    diag.add_argument("--json", action="store_true", help="machine-readable output")
 
     commands.add_parser("doctor", help="versions, entry point, patched methods, effective configuration", epilog=_EXAMPLES_DOCTOR, formatter_class=fmt)
     return parser
@@ -204,6 +241,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if getattr(args, f"{args.command}_command") != "export":
             parser.parse_args([args.command, "--help"])
         return _export(args.command, args.dir)
+    if args.command == "diagnose":
+        from .diagnose.command import run
+
+        return run(args.prometheus, args.job, args.since, args.json)
     if args.command == "doctor":
         from .doctor import report
 

@@ -1,0 +1,98 @@
+"""End to end: real Prometheus scrapes real instrumented traffic; the real console script diagnoses it.
+
+``traffic.py`` (real openai client -> real FaultServer, our instrumentation,
+the Prometheus exporter) sends each signature: proxy idle cuts after 1.2 s
+(``idle_cut``), a restart (``FaultServer.cut_open_streams()``) with the app
+retrying, client read timeouts (0.6 s against a 3 s ``hang``), stale pooled
+connections (``stale_keepalive``), 502/504 from "nginx".  Prometheus (the
+dashboards harness, 1 s scrapes) scrapes it; the installed ``llm-stream-otel
+diagnose`` must name each cause, in text and in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_stream_otel.dashboards import harness
+
+
+def _script() -> str:
+    found = shutil.which("llm-stream-otel", path=os.path.dirname(sys.executable))
+    assert found, "the llm-stream-otel console script is not installed next to this python"
+    return found
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    if harness.prometheus_binary() is None:
+        if os.environ.get("CI", "").lower() in {"true", "1", "yes"}:
+            pytest.fail("CI=true and prometheus is not on PATH", pytrace=False)
+        pytest.skip("prometheus is not on PATH (apt-get install -y prometheus)")
+    workdir = tmp_path_factory.mktemp("prom")
+    traffic = _Traffic()
+    with harness.Prometheus(workdir, target=f"127.0.0.1:{traffic.port}", job=JOB, rule_files=[]) as prometheus:
+        with traffic:
+            traffic.wait_holding(timeout=60)
+            harness.wait_for_final_scrape(prometheus, traffic, JOB)
+            yield harness.Run(prometheus, traffic, JOB, traffic.started_at - 2, time.time(), 0.0)
+
+
+JOB = "diagnose-e2e"
+
+
+class _Traffic(harness.Demo):
+    """``traffic.py`` instead of the demo, with the demo's process handling."""
+
+    def __init__(self) -> None:
+        super().__init__(duration=0)
+        self.args = [sys.executable, str(Path(__file__).with_name("traffic.py")), str(self.port)]
+
+
+def _diagnose(run, *extra: str) -> subprocess.CompletedProcess:
+    since = f"{math.ceil(time.time() - run.start) + 5}s"
+    return subprocess.run([_script(), "diagnose", "--prometheus", run.url, "--job", run.job, "--since", since, *extra],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_text_names_each_cause(run):
+    out = _diagnose(run)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    print(text)
+    assert "server 127.0.0.1:" in text
+    assert "proxy idle/read timeout of about 2 s" in text and "proxy_read_timeout" in text
+    assert "server or proxy restarts" in text and "retries recovered" in text
+    assert "read timeout raised by the client" in text and "p99 gap between chunks" in text
+    assert "stale pooled keep-alive connections" in text and "keepalive_expiry" in text
+    assert "HTTP 502 from nginx before the body" in text
+    assert "HTTP 504 from nginx before the body" in text
+
+
+def test_json_names_each_cause(run):
+    out = _diagnose(run, "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    print(json.dumps(doc["servers"], indent=1))
+    (server,) = doc["servers"]
+    causes = {f["cause"]: f for f in server["findings"]}
+    assert set(causes) == {"proxy_idle_timeout", "restart", "client_read_timeout", "stale_connection",
+                           "http_502", "http_504"}, causes
+    assert causes["proxy_idle_timeout"]["details"] == {"silence_low_s": 1.0, "silence_high_s": 2.0}
+    assert causes["http_502"]["details"]["intermediary"] == "nginx"
+    assert causes["restart"]["streams"] >= 4 and 0 < causes["restart"]["details"]["fix_rate"] <= 1
+    assert causes["client_read_timeout"]["streams"] == 3 and causes["stale_connection"]["streams"] == 3
+    assert server["cuts"] >= 5 and all(0 < f["share"] <= 1 for f in server["findings"])
+
+
+def test_an_unknown_job_has_no_data(run):
+    out = _diagnose(run, "--job", "no-such-job")
+    assert out.returncode == 0 and "no cut or failed streams" in out.stdout
