@@ -9,7 +9,7 @@ a later stream on the same socket object was served by a pooled connection
 that had been idle since that stream ended.
 
 The registry holds no more than the live sockets (an entry goes with its
-socket when the pool closes the connection; openai 3.x closes a stream's
+socket when the pool closes the connection; openai 2.x and 3.x close a stream's
 connection at its end, so there it stays empty), and a new connection is
 never mistaken for a reused one, even when the OS hands out the same
 address pair again. ``reused=True`` is certain; ``False`` means no earlier

@@ -507,7 +507,7 @@ def _why_cut_row(d: db.Dashboard, ids: _Ids) -> db.Dashboard:
             ids, "Reused-connection share",
             "Share of streams whose TCP connection carried an earlier instrumented stream "
             "(llm.stream.connection.reused). Cuts or failures concentrated on reused connections "
-            "point to stale keep-alive connections (openai 3.x closes stream connections at [DONE]).",
+            "point to stale keep-alive connections (openai 2.x and 3.x close stream connections at [DONE]).",
             "percentunit", [_target(q.ratio(reused, with_conn, (n.SERVER,)), "{{%s}}" % n.SERVER)]))
     )
 
