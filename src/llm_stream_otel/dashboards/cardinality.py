@@ -57,14 +57,16 @@ def buckets(base: str) -> int:
 
 #: The most label combinations (besides model and server) one model/server pair may produce.
 COMBOS_PER_PAIR: Dict[str, int] = {
-    # completed, length, content_filter + truncated x reason x is_retry x cause, failed x error
-    # type x status code, each with its intermediary / reused label: the demo, which runs every
-    # outcome, reason and cut signature, measures 17
-    n.OUTCOMES: 24,
-    n.DURATION: 8,  # outcome x error type
-    n.TTFC: 6,  # error type (streams that got a first chunk)
-    n.CHUNK_INTERVAL: 6,
-    n.CHUNKS: 6,
+    # completed, length, content_filter, abandoned + truncated x reason x is_retry x cause,
+    # failed x error type x status code, each with its intermediary / reused label: the
+    # demo, which runs every outcome, reason and cut signature, measures 17-20
+    n.OUTCOMES: 28,
+    # outcome x error type (the demo's random mix measures 8-9; a failed stream has one
+    # error type per HTTP status / transport error, a truncated one one per reason)
+    n.DURATION: 12,
+    n.TTFC: 8,  # error type, of the streams that got a first chunk (the demo: 4)
+    n.CHUNK_INTERVAL: 8,
+    n.CHUNKS: 8,
     n.TOKENS: 2,  # input, output
     n.STALLS: 3,  # none, or the error type of a cut stream's trailing stall
     n.RETRIES: 3,  # sdk, application, helper
