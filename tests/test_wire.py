@@ -49,6 +49,17 @@ def test_no_done_and_no_finish_is_still_missing_terminator(instrumented):
     assert t.FINISH_REASON_MISSING not in span.attributes
 
 
+def test_events_after_done_do_not_hide_it(instrumented):
+    """openai 1.x reads on after ``[DONE]`` (to reuse the connection): a later event must
+    not make the stream look unterminated (found by the property tests on 1.x)."""
+    body = corpus.load("pydantic-ai__test_snowflake_model_streaming")
+    served = body.raw + b'data: {"error": {"message": "after the end"}}\n\n'
+    span, items, exc = _serve(instrumented, body.name, served)
+    assert exc is None and items
+    assert span.attributes[t.OUTCOME] == t.OUTCOME_COMPLETED
+    assert span.attributes[t.FINISH_REASON_MISSING] is True
+
+
 def test_break_after_the_terminal_event_keeps_outcome_and_records_the_error(instrumented):
     span, items, exc = _serve(instrumented, "logfire__test_responses_stream", ending="rst")
     assert exc is not None  # the app sees the reset after response.completed

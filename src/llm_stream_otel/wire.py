@@ -13,9 +13,9 @@ per event:
   holds. An exhausted generator means the body ended without a ``[DONE]``.
   Zero cost per event.
 - ``record`` (openai 1.x): after ``[DONE]`` the SDK drains the rest of the
-  body, so the generator is exhausted either way. The events then pass
-  through ``itertools.filterfalse(deque(maxlen=1).append, events)``: one
-  C-level call per event, no Python frame (async: one small async generator).
+  body (and any event after ``[DONE]``), so the generator is exhausted either
+  way. The events then pass through one small generator that keeps the last
+  event and notes a ``[DONE]`` among them (a Python frame per event, on 1.x only).
 
 Where neither applies (no ``_iter_events``, another wrapper's stream, an
 already-started stream), ``watch_stream`` returns None and the outcome falls
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from itertools import filterfalse
 from typing import Any, AsyncIterator, Optional
 
 from .chunks import read_error_object_usage
@@ -66,11 +65,14 @@ def strategy() -> Optional[str]:
 class WireWatch:
     """The SSE events of one stream, as far as we need them: the last one."""
 
-    __slots__ = ("events", "last")
+    __slots__ = ("events", "last", "done")
 
     def __init__(self) -> None:
         self.events: Any = None  # the SDK's suspended event generator (peek)
         self.last: "Optional[deque]" = None  # the last event (record)
+        # record: did any event say [DONE]? (openai 1.x drains events after it, so the
+        # last event need not be the [DONE]); None under peek, where the last event tells.
+        self.done: Optional[bool] = None
 
     def last_event(self) -> Any:
         """The last SSE event the SDK read, or None (none read, or the body ended after it)."""
@@ -115,10 +117,24 @@ def event_json(event: Any) -> Any:
         return None
 
 
-async def _arecord(events: AsyncIterator[Any], last: deque) -> AsyncIterator[Any]:
+def _record(events: Any, last: deque, watch: WireWatch) -> Any:
+    """Pass the SDK's events through, keeping the last one and whether one was [DONE]."""
     append = last.append
+    watch.done = False
+    for sse in events:
+        append(sse)
+        if not watch.done and is_done(sse):
+            watch.done = True
+        yield sse
+
+
+async def _arecord(events: AsyncIterator[Any], last: deque, watch: WireWatch) -> AsyncIterator[Any]:
+    append = last.append
+    watch.done = False
     async for sse in events:
         append(sse)
+        if not watch.done and is_done(sse):
+            watch.done = True
         yield sse
 
 
@@ -159,7 +175,7 @@ def watch_stream(result: Any, how: Optional[str]) -> Optional[WireWatch]:
             return events
         last: deque = deque(maxlen=1)
         watch.last = last
-        return _arecord(events, last) if is_async else filterfalse(last.append, events)
+        return _arecord(events, last, watch) if is_async else _record(events, last, watch)
 
     namespace["_iter_events"] = iter_events
     return watch
@@ -169,6 +185,6 @@ def read_wire(monitor: Any, watch: WireWatch) -> None:
     """Tell the monitor what the wire showed at the end: ``[DONE]`` or not, and
     the usage of a final error object (OpenRouter's, after a ``length`` finish)."""
     event = watch.last_event()
-    monitor.done_seen = is_done(event)
+    monitor.done_seen = is_done(event) if watch.done is None else watch.done
     if monitor.input_tokens is None and '"error"' in (getattr(event, "data", None) or ""):
         read_error_object_usage(monitor, event_json(event))
