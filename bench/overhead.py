@@ -598,10 +598,10 @@ class _StubCall:
 
 
 def _micro_cases(chunks: List[Any]) -> Dict[str, Any]:
-    from llm_stream_otel import telemetry as t
-    from llm_stream_otel.chunks import read_choices_chunk
-    from llm_stream_otel.monitor import StreamMonitor
-    from llm_stream_otel.proxy import AsyncStreamProxy, SyncStreamProxy
+    from llm_stream_otel import semconv as t
+    from llm_stream_otel.providers.openai.chunks import read_choices_chunk
+    from llm_stream_otel.stream.monitor import StreamMonitor
+    from llm_stream_otel.stream.proxy import AsyncStreamProxy, SyncStreamProxy
 
     def monitor() -> Any:
         return StreamMonitor(time.perf_counter(), 5.0, t.SECONDS_BUCKETS, read_choices_chunk)
@@ -674,9 +674,9 @@ def _handover(chunks: int, repeats: int) -> Dict[str, Any]:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from llm_stream_otel import telemetry as t
-    from llm_stream_otel.instruments import Instruments
-    from llm_stream_otel.monitor import StreamMonitor
+    from llm_stream_otel import semconv as t
+    from llm_stream_otel.metrics.instruments import Instruments
+    from llm_stream_otel.stream.monitor import StreamMonitor
 
     attrs = {
         t.GEN_AI_OPERATION_NAME: "chat",

@@ -16,6 +16,7 @@ import openai  # noqa: E402
 
 from llm_stream_otel import LLMStreamInstrumentor  # noqa: E402
 from llm_stream_otel.demo.fault_server import FaultServer  # noqa: E402
+import tests.support.scripted  # noqa: E402,F401 - registers the X-Script planner
 from otel_helpers import Telemetry, make_telemetry  # noqa: E402
 
 

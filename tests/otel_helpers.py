@@ -12,7 +12,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from llm_stream_otel import LLMStreamInstrumentor, handoff
+from llm_stream_otel import LLMStreamInstrumentor
+from llm_stream_otel.stream import handoff
 from llm_stream_otel.demo.summary import metric_points
 
 

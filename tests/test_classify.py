@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import errno
 
-from llm_stream_otel import telemetry as t
-from llm_stream_otel.classify import error_type, exception_chain, truncation_reason
+from llm_stream_otel import semconv as t
+from llm_stream_otel.providers.openai import OpenAIProvider
+from llm_stream_otel.stream.outcome import error_type, exception_chain, truncation_reason
 
 
 class RemoteProtocolError(Exception):
@@ -53,8 +54,15 @@ def test_timeout():
     assert truncation_reason(chained(TimeoutError(), ReadError("x"))) == t.REASON_READ_TIMEOUT
 
 
+def test_error_event_is_the_providers_rule():
+    openai_rule = OpenAIProvider().is_error_event
+    assert truncation_reason(APIError("boom", body={"message": "boom"}), openai_rule) == t.REASON_ERROR_EVENT
+    # Without the provider's rule the core sees only an exception it does not know.
+    assert truncation_reason(APIError("boom", body={"message": "boom"})) == t.REASON_OTHER
+    assert truncation_reason(APIError("boom", body=None), openai_rule) == t.REASON_OTHER
+
+
 def test_error_event_and_other():
-    assert truncation_reason(APIError("boom", body={"message": "boom"})) == t.REASON_ERROR_EVENT
     assert truncation_reason(ValueError("json")) == t.REASON_OTHER
 
 

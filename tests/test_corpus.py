@@ -20,7 +20,7 @@ import time
 import openai
 import pytest
 
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from support import corpus
 from support.replay_server import ReplayServer
 

@@ -373,7 +373,7 @@ def test_a_reset_comes_after_everything_written_reached_a_slow_reader(client: op
     client still gets every chunk before the reset. (An abortive close drops what the
     peer has not acknowledged; a fixed grace before it lost the tail for a slow reader:
     the 3.12 flake of test_responses_sync_script under CPU load, issue 19.)"""
-    from llm_stream_otel.demo.scripted import encode_script
+    from tests.support.scripted import encode_script
 
     def chunk(text: str) -> str:
         return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",

@@ -15,9 +15,9 @@ from opentelemetry.sdk.metrics import Histogram as SdkHistogram
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 
-from llm_stream_otel import telemetry as t
-from llm_stream_otel.instruments import Instruments
-from llm_stream_otel.monitor import StreamMonitor
+from llm_stream_otel import semconv as t
+from llm_stream_otel.metrics.instruments import Instruments
+from llm_stream_otel.stream.monitor import StreamMonitor
 
 ATTRS = {t.GEN_AI_REQUEST_MODEL: "m", t.GEN_AI_OPERATION_NAME: "chat"}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm_stream_otel import telemetry as t
-from llm_stream_otel.http_facts import intermediary, protocol_version
+from llm_stream_otel import semconv as t
+from llm_stream_otel.stream.http_facts import intermediary, protocol_version
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ import openai
 import pytest
 
 from llm_stream_otel import LLMStreamInstrumentor
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from llm_stream_otel.config import ENV_INCLUDE_USAGE, load_settings
-from llm_stream_otel.include_usage import with_usage_requested
+from llm_stream_otel.providers.openai.include_usage import with_usage_requested
 from otel_helpers import Telemetry, make_telemetry
 from streaming import aconsume, consume, unique_prompt
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from llm_stream_otel import LLMStreamInstrumentor
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from otel_helpers import make_telemetry
 from streaming import consume, request_kwargs
 
@@ -247,7 +247,7 @@ def test_uninstrument_restores_every_original(telemetry):
 
 @pytest.mark.usefixtures("lenient_mode")  # injects a failure on purpose
 def test_broken_monitor_never_reaches_the_app(instrumented, client, caplog):
-    from llm_stream_otel.monitor import StreamMonitor
+    from llm_stream_otel.stream.monitor import StreamMonitor
 
     # logged at WARNING the first time in a process, at DEBUG after that
     caplog.set_level(logging.DEBUG, logger="llm_stream_otel")

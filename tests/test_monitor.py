@@ -6,9 +6,9 @@ import types
 
 import pytest
 
-from llm_stream_otel import telemetry as t
-from llm_stream_otel.chunks import read_choices_chunk, read_response_event
-from llm_stream_otel.monitor import StreamMonitor
+from llm_stream_otel import semconv as t
+from llm_stream_otel.providers.openai.chunks import read_choices_chunk, read_response_event
+from llm_stream_otel.stream.monitor import StreamMonitor
 
 
 def chat_chunk(index=0, finish_reason=None, usage=None, choices=True):

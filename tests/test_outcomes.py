@@ -13,7 +13,7 @@ import openai
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from streaming import ENDPOINTS, aconsume, consume
 
 # fault spec -> (outcome, truncation reason, does the app see an exception?)

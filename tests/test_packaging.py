@@ -62,7 +62,7 @@ def test_wheel_metadata_and_contents(dist: Path):
     assert "Typing :: Typed" in classifiers
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
     assert {"Homepage", "Repository", "Issues", "Changelog"} <= set(urls)
-    from llm_stream_otel.dashboards.thresholds import RUNBOOK_BASE_URL
+    from tools.dashboards.thresholds import RUNBOOK_BASE_URL
 
     assert RUNBOOK_BASE_URL.startswith(urls["Repository"] + "/")
     assert (ROOT / "CHANGELOG.md").read_text().count(f"## [{__version__}]") == 1

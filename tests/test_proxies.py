@@ -15,7 +15,7 @@ import time
 import openai
 import pytest
 
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from streaming import consume, request_kwargs
 from support.proxies import HAProxy, Nginx, find_binary, free_port
 

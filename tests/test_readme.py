@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from llm_stream_otel import config
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -34,7 +34,7 @@ def test_every_metric_in_the_readme_is_emitted_and_every_emitted_metric_is_docum
     rows = [line for line in section("Metrics").splitlines() if line.startswith("| `")]
     documented = {re.findall(r"`([^`]+)`", row)[0]: re.findall(r"`([^`]+)`", row)[1] for row in rows}
     assert set(documented) == set(t.METRICS)
-    from llm_stream_otel.dashboards.names import METRICS as PROMETHEUS
+    from llm_stream_otel.series import METRICS as PROMETHEUS
 
     assert documented == {name: PROMETHEUS[name] for name in documented}
 

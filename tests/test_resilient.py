@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from llm_stream_otel.demo.fault_plan import answer_for
 from llm_stream_otel.resilient import RetryPolicy, StreamTruncatedError, aresilient_stream, resilient_stream
 from streaming import unique_prompt

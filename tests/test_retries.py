@@ -6,7 +6,7 @@ import time
 
 import openai
 
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from streaming import consume, unique_prompt
 
 
@@ -117,8 +117,8 @@ def test_retry_window_expires(telemetry, client):
 
 
 def test_fingerprint_table_is_bounded(telemetry):
-    from llm_stream_otel.instruments import Instruments
-    from llm_stream_otel.retries import RetryTracker
+    from llm_stream_otel.metrics.instruments import Instruments
+    from llm_stream_otel.retries.attempts import RetryTracker
     from opentelemetry.trace import INVALID_SPAN
 
     tracker = RetryTracker(Instruments(telemetry.meter_provider.get_meter("t")), window=300, max_entries=50)
@@ -237,7 +237,7 @@ def test_fingerprint_is_bounded_in_request_size():
     import os
     import timeit
 
-    from llm_stream_otel.fingerprint import request_fingerprint
+    from llm_stream_otel.retries.fingerprint import request_fingerprint
 
     image = "data:image/png;base64," + base64.b64encode(os.urandom(3_000_000)).decode()
     big, small = _image_request(image), dict(model="m", messages=[{"role": "user", "content": "hi"}])

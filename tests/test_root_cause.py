@@ -15,7 +15,7 @@ import time
 import openai
 import pytest
 
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from streaming import aconsume, consume, request_kwargs
 
 

@@ -12,9 +12,10 @@ import pytest
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import StatusCode
 
-from llm_stream_otel import LLMStreamInstrumentor, call as call_module
+from llm_stream_otel import LLMStreamInstrumentor
+from llm_stream_otel.stream import record as record_module
 from llm_stream_otel.config import load_settings
-from llm_stream_otel.demo.scripted import encode_script
+from tests.support.scripted import encode_script
 from llm_stream_otel.demo.summary import metric_points
 from llm_stream_otel.resilient import RetryPolicy, aresilient_stream, resilient_stream
 from streaming import request_kwargs
@@ -182,7 +183,7 @@ def _broken_annotation(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 def test_a_failing_step_is_counted_and_costs_only_itself(lenient, client, monkeypatch):
-    monkeypatch.setattr(call_module, "annotate_span", _broken_annotation)
+    monkeypatch.setattr(record_module, "annotate_span", _broken_annotation)
     for _ in client.chat.completions.create(**request_kwargs("chat", "none")):
         pass
     for _ in client.chat.completions.create(**request_kwargs("chat", "none")):
@@ -194,7 +195,7 @@ def test_a_failing_step_is_counted_and_costs_only_itself(lenient, client, monkey
 
 
 def test_strict_mode_raises_our_internal_error(telemetry, client, monkeypatch):
-    monkeypatch.setattr(call_module, "annotate_span", _broken_annotation)
+    monkeypatch.setattr(record_module, "annotate_span", _broken_annotation)
     instrumentor = LLMStreamInstrumentor()
     instrumentor.instrument(
         tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider, strict=True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 from opentelemetry.trace import StatusCode
 
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from support import corpus
 from support.replay_server import ReplayServer
 

@@ -78,7 +78,7 @@ def patched_methods() -> List[str]:
 
 def wire_report() -> str:
     """How the end of a stream is judged with the installed SDK (see wire.py)."""
-    from .wire import strategy
+    from .providers.openai.wire import strategy
 
     how = strategy()
     if how is None:

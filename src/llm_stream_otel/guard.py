@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any, Optional
 
-from . import telemetry as t
+from . import semconv as t
 
 _logger = logging.getLogger("llm_stream_otel")
 _reported: set = set()

@@ -1,4 +1,4 @@
-"""``LLMStreamInstrumentor``: patch the openai SDK's streaming methods.
+"""``LLMStreamInstrumentor``: patch the streaming methods of every installed provider's SDK.
 
 Loaded by ``opentelemetry-instrument`` through the ``opentelemetry_instrumentor``
 entry point (``llm_stream``), or used directly::
@@ -8,7 +8,6 @@ entry point (``llm_stream``), or used directly::
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any, Collection, Dict, List, Tuple
 
@@ -18,36 +17,17 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
-from . import exit_hook, guard, handoff
-from . import telemetry as t
+from . import guard
+from . import semconv as t
 from .config import load_settings
-from .instruments import Instruments
-from .pipeline import StreamTelemetry, set_active
+from .metrics.instruments import Instruments
+from .providers import installed
+from .providers.base import Provider
+from .stream import exit_hook, handoff
+from .stream.telemetry import StreamTelemetry, set_active
 from .version import __version__
-from .wrappers import helper_close_wrapper, method_wrapper
 
 _logger = logging.getLogger(__name__)
-
-_INSTRUMENTS = ("openai >= 1.0.0",)
-
-# (module, class, method kind, is_async)
-PATCH_TARGETS: Tuple[Tuple[str, str, str, bool], ...] = (
-    ("openai.resources.chat.completions", "Completions", "chat", False),
-    ("openai.resources.chat.completions", "AsyncCompletions", "chat", True),
-    ("openai.resources.responses", "Responses", "responses", False),
-    ("openai.resources.responses", "AsyncResponses", "responses", True),
-    ("openai.resources.completions", "Completions", "completions", False),
-    ("openai.resources.completions", "AsyncCompletions", "completions", True),
-)
-
-# The SDK's stream helpers (``.stream()``) close the HTTP response rather than
-# the stream they wrap; their ``close`` must tell our proxy. (module, class, is_async)
-HELPER_CLOSE_TARGETS: Tuple[Tuple[str, str, bool], ...] = (
-    ("openai.lib.streaming.chat._completions", "ChatCompletionStream", False),
-    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream", True),
-    ("openai.lib.streaming.responses._responses", "ResponseStream", False),
-    ("openai.lib.streaming.responses._responses", "AsyncResponseStream", True),
-)
 
 _SETTING_KEYS = (
     "stall_threshold",
@@ -124,7 +104,7 @@ def _remove_wrapper(owner: type, name: str, ours: Any) -> None:
 
 
 class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Spans and metrics for every streaming call of the openai SDK."""
+    """Spans and metrics for every streaming call of the installed providers' SDKs."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,9 +115,13 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._patched: List[Tuple[type, str]] = []
             self._wrappers: Dict[Tuple[type, str], Any] = {}
             self.telemetry: "StreamTelemetry | None" = None
+            self.providers: List[Provider] = []
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        return _INSTRUMENTS
+        # None of them is required: each provider is installed only where its SDK is
+        # importable (``opentelemetry-instrument`` skips an instrumentor whose listed
+        # dependencies are missing, and one SDK alone must be enough).
+        return ()
 
     def _instrument(self, **kwargs: Any) -> None:
         settings = load_settings({key: kwargs.get(key) for key in _SETTING_KEYS})
@@ -150,34 +134,19 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         set_active(telemetry)
         guard.configure(telemetry.instruments.internal_errors, settings.strict)
         exit_hook.register()
-        for module_name, class_name, kind, is_async in PATCH_TARGETS:
-            self._patch(telemetry, module_name, class_name, kind, is_async)
-        for module_name, class_name, is_async in HELPER_CLOSE_TARGETS:
-            owner = self._find(module_name, class_name)
-            if owner is not None and "close" in vars(owner):
-                wrap_function_wrapper(owner, "close", helper_close_wrapper(is_async))
-                self._patched.append((owner, "close"))
-        from .sdk_retries import patch_sdk_retries
-
-        self._patched.extend(patch_sdk_retries(telemetry))
+        self.providers = installed()
+        for provider in self.providers:
+            try:
+                patches = provider.patches(telemetry)
+            except Exception:  # noqa: BLE001 - a broken provider costs only itself
+                _logger.warning("llm_stream_otel: the %s provider failed to patch its SDK", provider.name, exc_info=True)
+                continue
+            for owner, name, wrapper in patches:
+                wrap_function_wrapper(owner, name, wrapper)
+                self._patched.append((owner, name))
         # Remember our own wrapper objects: another instrumentation may wrap the
         # same methods on top of ours, and uninstrument() must remove ours only.
         self._wrappers = {(owner, name): vars(owner).get(name) for owner, name in self._patched}
-
-    @staticmethod
-    def _find(module_name: str, class_name: str) -> Any:
-        try:
-            return getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError):
-            _logger.debug("llm_stream_otel: %s.%s not in this openai version; skipped", module_name, class_name)
-            return None
-
-    def _patch(self, telemetry: StreamTelemetry, module_name: str, class_name: str, kind: str, is_async: bool) -> None:
-        owner = self._find(module_name, class_name)
-        if owner is None:
-            return
-        wrap_function_wrapper(owner, "create", method_wrapper(telemetry, kind, is_async))
-        self._patched.append((owner, "create"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         handoff.drain()
@@ -186,6 +155,7 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _remove_wrapper(owner, name, self._wrappers.get((owner, name)))
         self._wrappers = {}
         self.telemetry = None
+        self.providers = []
         set_active(None)
         guard.configure(None, False)
 

@@ -1,7 +1,7 @@
 """The opt-in resilient stream: the well-known fix (retry a cut stream with
 exponential backoff), done properly and instrumented.
 
-    from llm_stream_otel.resilient import resilient_stream
+    from .resilient import resilient_stream
     for chunk in resilient_stream(client.chat.completions.create, model=..., messages=...):
         ...
 
@@ -37,11 +37,11 @@ from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from . import telemetry as t
-from .chunks import read_choices_chunk, read_response_event
-from .monitor import StreamMonitor
-from .pipeline import active_telemetry
-from .retries import chain_override
+from . import semconv as t
+from .providers.openai.chunks import read_choices_chunk, read_response_event
+from .stream.monitor import StreamMonitor
+from .stream.telemetry import active_telemetry
+from .retries.attempts import chain_override
 from .version import __version__
 
 TRANSIENT_REASONS = frozenset(

@@ -32,7 +32,9 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
 
-from llm_stream_otel.dashboards import alerts, fleet, harness  # noqa: E402
+from tools.dashboards import alerts  # noqa: E402
+from tools.servers import fleet  # noqa: E402
+from tools.servers import prometheus as harness  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AM_CONFIG = os.path.join(ROOT, "deploy", "alertmanager", "alertmanager.yml")

@@ -10,7 +10,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
 
-from llm_stream_otel.dashboards import alerts, names, queries, thresholds  # noqa: E402
+from llm_stream_otel import series as names  # noqa: E402
+from tools.dashboards import alerts, queries, thresholds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "dashboards" / "alerts" / "llm-stream-alerts.yaml"
@@ -41,7 +42,7 @@ def _grafana_rules():
 def test_committed_rule_files_are_generated():
     for rel, text in alerts.alert_files().items():
         assert (ROOT / rel).read_text(encoding="utf-8") == text, (
-            f"{rel} is stale: run PYTHONPATH=src python -m llm_stream_otel.dashboards.build "
+            f"{rel} is stale: run PYTHONPATH=src python -m tools.dashboards.build "
             "--out dashboards/ --deploy deploy/"
         )
 
@@ -148,7 +149,7 @@ RECORDING_TESTS = ROOT / "dashboards" / "alerts" / "tests" / "llm-stream-recordi
 
 
 def test_recording_rules_pass_promtool(promtool):
-    from llm_stream_otel.dashboards import recording
+    from tools.dashboards import recording
 
     r = _run(promtool, "check", "rules", str(RECORDING))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -158,7 +159,7 @@ def test_recording_rules_pass_promtool(promtool):
 
 
 def test_recording_rules_follow_level_metric_operations():
-    from llm_stream_otel.dashboards import recording
+    from tools.dashboards import recording
 
     records = dict(queries.alert_expressions(RECORDING))
     assert records == dict(recording.rules())

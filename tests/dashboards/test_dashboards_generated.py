@@ -10,7 +10,8 @@ import pytest
 
 from pathlib import Path
 
-from llm_stream_otel.dashboards import names, queries, recording
+from llm_stream_otel import series as names
+from tools.dashboards import queries, recording
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
@@ -41,7 +42,7 @@ def _sdk():
         "grafana_foundation_sdk",
         reason="grafana-foundation-sdk not installed (pip install 'grafana-foundation-sdk==1769699379!11.6.0')",
     )
-    from llm_stream_otel.dashboards import build
+    from tools.dashboards import build
 
     return build
 
@@ -53,7 +54,7 @@ def test_committed_json_equals_generated(committed):
     for fname, dash in generated.items():
         text = (DASHBOARDS / fname).read_text(encoding="utf-8")
         assert text == build.render(dash), (
-            f"{fname} is stale: run PYTHONPATH=src python -m llm_stream_otel.dashboards.build "
+            f"{fname} is stale: run PYTHONPATH=src python -m tools.dashboards.build "
             "--out dashboards/ --deploy deploy/"
         )
 
@@ -80,7 +81,7 @@ def test_cli_module_runs(tmp_path):
     _sdk()
     env_path = str(ROOT / "src")
     r = subprocess.run(
-        [sys.executable, "-m", "llm_stream_otel.dashboards.build", "--out", str(tmp_path)],
+        [sys.executable, "-m", "tools.dashboards.build", "--out", str(tmp_path)],
         env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=60,
     )
@@ -202,7 +203,7 @@ def test_required_overview_panels(committed):
 
 
 def test_threshold_lines_match_alert_thresholds(committed):
-    from llm_stream_otel.dashboards import thresholds as t
+    from tools.dashboards import thresholds as t
 
     panels = {p["title"]: p for _, p in _panels({"o": committed["llm-streams-overview.json"]})
               if p["type"] == "timeseries"}

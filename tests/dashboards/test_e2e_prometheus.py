@@ -1,6 +1,6 @@
 """End to end: a real Prometheus scrapes the instrumented demo.
 
-One run for the whole module (``llm_stream_otel.dashboards.harness``):
+One run for the whole module (``tools.servers.prometheus``):
 Prometheus on 127.0.0.1 (1 s scrapes, the bundled alert rules evaluated every
 1 s) scrapes ``llm-stream-otel demo --duration 20 --hold --plain --seed 1``,
 which sends fault-injected traffic (about 30% truncated) through the real
@@ -34,7 +34,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
 
-from llm_stream_otel.dashboards import alerts, harness, queries, recording  # noqa: E402
+from tools.dashboards import alerts, queries, recording  # noqa: E402
+from tools.servers import prometheus as harness  # noqa: E402
 
 DURATION = 20.0  # seconds of traffic: enough for 15 s rate windows to fill
 RATE_INTERVAL = "15s"  # $__rate_interval / $__interval with 1 s scrapes
@@ -239,7 +240,7 @@ def test_preview_command_renders_the_overview(run, tmp_path):
         _require("matplotlib", False, "pip install matplotlib (the dashboards extra)")
     out = tmp_path / "overview-preview.png"
     cmd = [
-        sys.executable, "-m", "llm_stream_otel.dashboards.preview",
+        sys.executable, "-m", "tools.dashboards.preview",
         "--prometheus", run.url, "--job", run.job,
         "--start", f"{run.start:.3f}", "--end", f"{run.end:.3f}",
         "--rate-interval", RATE_INTERVAL, "--out", str(out),
@@ -255,7 +256,7 @@ def test_preview_command_renders_the_overview(run, tmp_path):
 
 def test_preview_render_api_reports_every_panel(run, tmp_path):
     try:
-        from llm_stream_otel.dashboards import preview
+        from tools.dashboards import preview
 
         import matplotlib  # noqa: F401
     except ImportError:

@@ -35,7 +35,10 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed (pip install pyyaml)")
 
-from llm_stream_otel.dashboards import alerts, fleet, harness, names, queries, recording  # noqa: E402
+from llm_stream_otel import series as names  # noqa: E402
+from tools.dashboards import alerts, queries, recording  # noqa: E402
+from tools.servers import fleet  # noqa: E402
+from tools.servers import prometheus as harness  # noqa: E402
 
 SERVICES = {"chat-api": 1, "support-bot": 2, "batch-summaries": 3}  # service -> demo seed
 DURATION = 20.0
@@ -345,7 +348,7 @@ def test_victoria_metrics_equals_prometheus_with_rate_windows(fleet_run):
 
 
 def test_series_per_service_stay_within_the_budget(fleet_run):
-    from llm_stream_otel.dashboards import cardinality as c
+    from tools.dashboards import cardinality as c
 
     per_pair = c.budget_per_pair()
     for svc, samples in fleet_run["expositions"].items():

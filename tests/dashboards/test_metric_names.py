@@ -3,7 +3,7 @@
 Creates every instrument of the telemetry contract with the real SDK, reads it
 with PrometheusMetricReader into a private registry and scrapes the text
 exposition.  (To be switched to the instrumentor's own instruments once
-``llm_stream_otel.telemetry`` lands.)
+``llm_stream_otel.semconv`` lands.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: E4
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.resources import Resource  # noqa: E402
 
-from llm_stream_otel.dashboards import names  # noqa: E402
+from llm_stream_otel import series as names  # noqa: E402
 
 SECONDS_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01 ... 81.92
 TOKEN_BUCKETS = [4**i for i in range(14)]  # 1 ... 67108864
@@ -138,19 +138,19 @@ def test_service_is_not_a_series_label(scraped):
 
 def test_contract_matches_telemetry_module():
     """names.INSTRUMENTS is the instrumentor's own list (telemetry.METRICS)."""
-    telemetry = pytest.importorskip("llm_stream_otel.telemetry")
+    telemetry = pytest.importorskip("llm_stream_otel.semconv")
     metrics = getattr(telemetry, "METRICS", None)
     if metrics is None:
-        pytest.skip("llm_stream_otel.telemetry has no METRICS table")
+        pytest.skip("llm_stream_otel.semconv has no METRICS table")
     assert {k: (v[0], v[1]) for k, v in metrics.items()} == names.INSTRUMENTS
 
 
 def test_instrumentor_instruments_scrape_as_mapped():
     """The instrumentor's real instruments, scraped: exactly names.py's series."""
-    mod = pytest.importorskip("llm_stream_otel.instruments")
+    mod = pytest.importorskip("llm_stream_otel.metrics.instruments")
     instruments_cls = getattr(mod, "Instruments", None)
     if instruments_cls is None:
-        pytest.skip("llm_stream_otel.instruments has no Instruments class")
+        pytest.skip("llm_stream_otel.metrics.instruments has no Instruments class")
     registry = CollectorRegistry()
     provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
     instruments = instruments_cls(provider.get_meter("llm_stream_otel"))

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_stream_otel.dashboards import names, queries
+from llm_stream_otel import series as names
+from tools.dashboards import queries
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from llm_stream_otel.dashboards import harness, queries
+from tools.servers import prometheus as harness
+from tools.dashboards import queries
 from llm_stream_otel.demo.fault_server import FaultServer
 
 WORKERS = 3

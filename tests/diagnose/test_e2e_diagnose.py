@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_stream_otel.dashboards import harness
+from tools.servers import prometheus as harness
 
 
 def _script() -> str:

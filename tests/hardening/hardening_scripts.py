@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hypothesis import strategies as st
 
-from llm_stream_otel import telemetry as t
-from llm_stream_otel.demo.scripted import encode_script
+from llm_stream_otel import semconv as t
+from tests.support.scripted import encode_script
 
 CREATED = 1_700_000_000
 TRANSPORT_FAULTS = ("reset_between", "reset_mid_chunk", "cut_mid_chunk")

@@ -12,7 +12,7 @@ from typing import Any, List
 import pytest
 
 from hardening_scripts import Scenario, consume
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from test_transparency_property import Instrumented
 
 ENV = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "gpt-script"}

@@ -27,7 +27,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from llm_stream_otel import LLMStreamInstrumentor
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from otel_helpers import Telemetry, make_telemetry
 from streaming import aconsume, consume
 

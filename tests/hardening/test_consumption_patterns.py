@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Tuple
 import openai
 import pytest
 
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from streaming import request_kwargs
 from test_transparency_property import Instrumented
 

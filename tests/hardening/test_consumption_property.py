@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hardening_scripts import Scenario, create, expected, expected_abandon, scenarios
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from test_transparency_property import Instrumented
 
 PROFILE = settings.get_profile("hardening")

@@ -33,8 +33,8 @@ from opentelemetry.trace import NoOpTracerProvider
 from opentelemetry.trace import TracerProvider as ApiTracerProvider
 
 from llm_stream_otel import LLMStreamInstrumentor
-from llm_stream_otel import telemetry as t
-from llm_stream_otel.monitor import StreamMonitor
+from llm_stream_otel import semconv as t
+from llm_stream_otel.stream.monitor import StreamMonitor
 from otel_helpers import Telemetry, make_telemetry
 from streaming import consume, request_kwargs
 
@@ -286,7 +286,7 @@ def test_span_pipeline_that_raises(server, instrument, our_logs, where):
 
 
 def test_retry_table_bug(server, instrument, our_logs, telemetry, monkeypatch):
-    from llm_stream_otel.retries import RetryTracker
+    from llm_stream_otel.retries.attempts import RetryTracker
 
     instrument(tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider)
     monkeypatch.setattr(RetryTracker, "finish", lambda *a, **k: (_ for _ in ()).throw(Boom("retry table bug")))
@@ -300,7 +300,7 @@ def test_retry_table_bug(server, instrument, our_logs, telemetry, monkeypatch):
 
 def test_sdk_retry_hook_bug(server, instrument, our_logs, telemetry, monkeypatch):
     """The SDK re-sends a 500 (max_retries=2): our retry counting fails, the SDK's retries don't."""
-    from llm_stream_otel.call import StreamCall
+    from llm_stream_otel.stream.call import StreamCall
 
     instrument(tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider)
     monkeypatch.setattr(StreamCall, "sdk_retry", lambda self, n: (_ for _ in ()).throw(Boom("sdk retry bug")))

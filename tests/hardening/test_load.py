@@ -36,9 +36,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from llm_stream_otel import LLMStreamInstrumentor
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from llm_stream_otel.demo.fault_server import FaultServer
-from llm_stream_otel.retries import RetryTracker
+from llm_stream_otel.retries.attempts import RetryTracker
 from otel_helpers import Telemetry, make_telemetry
 from streaming import request_kwargs
 
@@ -344,7 +344,7 @@ def test_retry_table_is_bounded_in_size_and_time():
     entries older than the retry window are dropped."""
     from opentelemetry.metrics import NoOpMeter
 
-    from llm_stream_otel.instruments import Instruments
+    from llm_stream_otel.metrics.instruments import Instruments
 
     tracker = RetryTracker(Instruments(NoOpMeter("x")), window=300.0, max_entries=1000)
     span = NonRecordingSpan(SpanContext(1, 1, False))

@@ -23,9 +23,9 @@ import pytest
 
 from hardening_scripts import Scenario, consume as consume_script
 from llm_stream_otel import LLMStreamInstrumentor
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from llm_stream_otel.config import CONTENT_CAPTURE_LIMIT, ENV_CAPTURE_CONTENT
-from llm_stream_otel.monitor import StreamMonitor
+from llm_stream_otel.stream.monitor import StreamMonitor
 from otel_helpers import Telemetry, make_telemetry
 
 KEY = "sk-proj-HARDENING-" + uuid.uuid4().hex

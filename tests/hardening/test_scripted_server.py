@@ -11,7 +11,7 @@ import pytest
 
 from hardening_scripts import Scenario, consume
 from llm_stream_otel.demo.fault_plan import CutMidEvent, Emit, End, FaultSpecError, Pause, Reset
-from llm_stream_otel.demo.scripted import decode_script, encode_script, script_plan, sse_event
+from tests.support.scripted import decode_script, encode_script, script_plan, sse_event
 
 ENV = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": "m"}
 EVENTS = [json.dumps({**ENV, "choices": [{"index": 0, "delta": {"content": c}, "finish_reason": None}]}) for c in "ab"]

@@ -42,7 +42,7 @@ from hardening_scripts import (
     without_usage,
 )
 from llm_stream_otel import LLMStreamInstrumentor
-from llm_stream_otel import telemetry as t
+from llm_stream_otel import semconv as t
 from otel_helpers import Telemetry, make_telemetry
 
 PROFILE = settings.get_profile("hardening")

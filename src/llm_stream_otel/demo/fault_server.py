@@ -15,8 +15,9 @@ Usage::
 The fault for a request comes from the ``X-Fault`` header, else ``mix`` (weighted,
 seeded), else ``default_fault``. See :mod:`fault_plan` for the spec grammar; all
 payload building lives there, this module only does sockets and threads. A
-request with an ``X-Script`` header instead gets exactly the SSE payloads it
-scripted, with one fault (see :mod:`scripted`).
+request carrying the header of a registered planner (``register_planner``;
+the tests register ``X-Script``, a client's own SSE payloads) gets that
+planner's plan instead.
 
 Chat "continue" requests (an assistant message holding a prefix of the canonical
 answer, then a final user turn) get only the missing pieces. The canonical answer
@@ -71,9 +72,20 @@ from .fault_plan import (
     request_info,
     resolve_settings,
 )
-from .scripted import as_asked, decode_script, script_fault, script_plan
 
 __all__ = ["FaultServer", "Fault", "RecordedRequest", "answer_for", "add_arguments", "run_from_args", "main"]
+
+# A planner turns a request header's value (+ path, JSON body) into a plan and the
+# fault it applies, or raises FaultSpecError. Tests register one (tests/support/scripted.py:
+# ``X-Script``, the client's own SSE payloads) without the server knowing it.
+Planner = Callable[[str, str, Dict[str, Any]], Tuple[Any, Fault]]
+_PLANNERS: Dict[str, Planner] = {}
+
+
+def register_planner(header: str, planner: Planner) -> None:
+    """Requests carrying ``header`` are answered by ``planner`` instead of the fault plans."""
+    _PLANNERS[header.lower()] = planner
+
 
 _MAX_HEAD = 64 * 1024
 _IDLE_TIMEOUT = 30.0  # keep-alive connections idle longer than this are closed
@@ -406,8 +418,9 @@ class FaultServer:
             self._record(req, body, None)
             msg = "Expected POST with a JSON object body"
             return self._send_plain(conn, PlainResponse(400 if req.method == "POST" else 405, error_body(msg)))
-        if req.headers.get("x-script"):
-            return self._respond_scripted(conn, req, body)
+        for header, planner in _PLANNERS.items():
+            if req.headers.get(header):
+                return self._respond_planned(conn, req, body, planner, req.headers[header])
         try:
             fault = self._choose_fault(req, body)
             settings = resolve_settings(fault, self.chunks, self.chunk_delay)
@@ -421,16 +434,16 @@ class FaultServer:
             return self._send_plain(conn, plan.plain, extra)
         return self._send_stream(conn, plan.actions, extra)
 
-    def _respond_scripted(self, conn: socket.socket, req: _HttpRequest, body: Dict[str, Any]) -> bool:
-        """``X-Script``: send the client's own SSE payloads with one fault (see :mod:`scripted`)."""
+    def _respond_planned(
+        self, conn: socket.socket, req: _HttpRequest, body: Dict[str, Any], planner: "Planner", value: str
+    ) -> bool:
+        """A registered planner answers this request (see ``register_planner``)."""
         try:
-            script = decode_script(req.headers["x-script"])
+            plan, fault = planner(value, req.path, body)
         except FaultSpecError as exc:
             self._record(req, body, None)
             return self._send_plain(conn, PlainResponse(400, error_body(str(exc), code="invalid_script")))
-        fault = script_fault(script)
         self._record(req, body, fault)
-        plan = script_plan(as_asked(script, req.path, body))
         extra = (("x-fault-applied", "script:" + fault.spec),)
         if plan.plain is not None:
             return self._send_plain(conn, plan.plain, extra)

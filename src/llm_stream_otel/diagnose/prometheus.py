@@ -10,7 +10,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional
 
-from ..dashboards import names as n
+from .. import series as n
 from .rules import INSTANT, ServerData
 
 

@@ -1,0 +1,117 @@
+"""The provider contract: what an LLM SDK supplies to the provider-neutral core.
+
+The core (``stream/``, ``retries/``, ``metrics/``) knows streams, outcomes,
+retries and recording; it never imports an SDK. A provider knows one SDK:
+
+- ``patches(telemetry)``: what to wrap (owner class, attribute, wrapt
+  wrapper). Most methods use the core's ``stream.wrapper.method_wrapper``;
+  a provider adds its own wrappers for helpers (SDK retries, stream helpers).
+- ``is_stream(kind, kwargs)``: does this call return a stream we observe?
+- ``describe(kind, instance, kwargs)``: the request as low-cardinality
+  attributes (``RequestInfo``); never the prompt.
+- ``reader(kind)``: reads each chunk's facts into the ``StreamMonitor``
+  (finish reasons, the terminator, usage, ids, opted-in text).
+- ``finish_outcomes``: finish/stop reason -> outcome (unknown: completed).
+- ``is_error_event(exc)``: does this SDK exception carry an error event the
+  server sent inside the stream (-> ``truncated/error_event``)?
+- ``fingerprint(kind, request, kwargs)``: a bounded-cost digest that
+  recognises a repeat of the same request (application retries), or None.
+- ``retry_client(instance)``: the client object that scopes untraced retries.
+- ``response_of(carrier)``: the HTTP response of a returned stream or an
+  HTTP status error (root-cause facts), or None.
+- ``watch(result)``: an optional observer of the wire (e.g. openai's
+  ``[DONE]``) with ``observe(monitor)`` / ``release()``, or None.
+- ``prepare(settings, kind, kwargs)`` / ``source(result, monitor)``: an
+  optional rewrite of the request (openai's opt-in ``include_usage``) and
+  the filter that hides its effect from the app.
+
+Every hook runs guarded by the core: a provider's bug is counted as ours
+and never reaches the application.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+# (owner class, attribute name, wrapt wrapper)
+Patch = Tuple[type, str, Callable[..., Any]]
+ChunkReader = Callable[[Any, Any], None]
+
+
+@dataclass
+class RequestInfo:
+    """An outgoing streaming request, as the span and metrics see it."""
+
+    kind: str
+    operation: str
+    model: Optional[str]
+    server_address: Optional[str]
+    server_port: Optional[int]
+    base_url: str
+    span_attributes: Dict[str, Any] = field(default_factory=dict)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def server_parts(url: Any) -> Tuple[Optional[str], Optional[int], str]:
+    """Host, port and credential-free base URL of an ``httpx.URL``-like object."""
+    if url is None:
+        return None, None, ""
+    host = getattr(url, "host", None) or None
+    scheme = getattr(url, "scheme", "") or ""
+    port = getattr(url, "port", None) or _DEFAULT_PORTS.get(scheme)
+    path = getattr(url, "path", "") or ""
+    # Built from parts on purpose: str(url) would keep any user:password@.
+    base = f"{scheme}://{host}:{port}{path}" if host else ""
+    return host, port, base
+
+
+class Provider:
+    """Defaults for the optional hooks; a provider overrides what its SDK needs."""
+
+    #: registry key and ``gen_ai.provider.name`` default, e.g. ``"openai"``
+    name: str = ""
+    #: the distribution it instruments, e.g. ``"openai >= 1.0.0"``
+    requirement: str = ""
+    finish_outcomes: Mapping[str, str] = {}
+    #: how the wire terminator is observed with the installed SDK (``doctor``), or None
+    wire_strategy: Optional[str] = None
+
+    def available(self) -> bool:
+        """Is the SDK importable here?"""
+        return False
+
+    def patches(self, telemetry: Any) -> List[Patch]:
+        return []
+
+    def is_stream(self, kind: str, kwargs: Mapping[str, Any]) -> bool:
+        return True
+
+    def describe(self, kind: str, instance: Any, kwargs: Mapping[str, Any]) -> RequestInfo:
+        raise NotImplementedError
+
+    def reader(self, kind: str) -> ChunkReader:
+        raise NotImplementedError
+
+    def is_error_event(self, exc: BaseException) -> bool:
+        return False
+
+    def fingerprint(self, kind: str, request: RequestInfo, kwargs: Mapping[str, Any]) -> Optional[bytes]:
+        return None
+
+    def retry_client(self, instance: Any) -> Any:
+        return getattr(instance, "_client", instance)
+
+    def response_of(self, carrier: Any) -> Any:
+        return getattr(carrier, "response", None)
+
+    def watch(self, result: Any) -> Any:
+        return None
+
+    def prepare(self, settings: Any, kind: str, kwargs: Mapping[str, Any]) -> Optional[dict]:
+        return None
+
+    def source(self, result: Any, monitor: Any) -> Any:
+        return None

@@ -1,0 +1,86 @@
+"""The openai provider (SDK 1.x-3.x): chat completions, Responses, legacy completions.
+
+The first implementation of the provider contract (``providers/base.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Optional
+
+from ... import semconv as t
+from ...retries.fingerprint import request_fingerprint
+from ..base import ChunkReader, Patch, Provider, RequestInfo
+from . import wire
+from .chunks import reader_for
+from .include_usage import HidingSource, with_usage_requested
+from .request import describe_request
+
+_RAW_HEADER = "x-stainless-raw-response"
+
+# finish_reason -> outcome; anything else (a compatible server's own words) is completed.
+FINISH_OUTCOMES: Mapping[str, str] = {
+    "stop": t.OUTCOME_COMPLETED,
+    "tool_calls": t.OUTCOME_COMPLETED,
+    "function_call": t.OUTCOME_COMPLETED,
+    "end_turn": t.OUTCOME_COMPLETED,
+    "length": t.OUTCOME_LENGTH,
+    "max_tokens": t.OUTCOME_LENGTH,
+    "max_output_tokens": t.OUTCOME_LENGTH,
+    "content_filter": t.OUTCOME_CONTENT_FILTER,
+}
+
+
+class OpenAIProvider(Provider):
+    name = t.PROVIDER_OPENAI
+    requirement = "openai >= 1.0.0"
+    finish_outcomes = FINISH_OUTCOMES
+
+    def __init__(self) -> None:
+        # How [DONE] is observed with the installed SDK (None: it is not; see wire.py).
+        self.wire_strategy = wire.strategy()
+
+    def available(self) -> bool:
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def patches(self, telemetry: Any) -> List[Patch]:
+        from .patches import patches
+
+        return patches(telemetry, self)
+
+    def is_stream(self, kind: str, kwargs: Mapping[str, Any]) -> bool:
+        if kwargs.get("stream") is not True:
+            return False
+        headers = kwargs.get("extra_headers")
+        # ``with_raw_response`` / ``with_streaming_response`` return a response
+        # object, not a stream: leave those alone.
+        return not (headers and any(str(key).lower() == _RAW_HEADER for key in headers))
+
+    def describe(self, kind: str, instance: Any, kwargs: Mapping[str, Any]) -> RequestInfo:
+        return describe_request(kind, instance, kwargs)
+
+    def reader(self, kind: str) -> ChunkReader:
+        return reader_for(kind)
+
+    def is_error_event(self, exc: BaseException) -> bool:
+        # openai raises a bare ``APIError`` (not a connection or status error) for
+        # an error object inside the event stream.
+        return type(exc).__name__ == "APIError" and getattr(exc, "body", None) is not None
+
+    def fingerprint(self, kind: str, request: RequestInfo, kwargs: Mapping[str, Any]) -> Optional[bytes]:
+        return request_fingerprint(kind, request.base_url, kwargs)
+
+    def watch(self, result: Any) -> Any:
+        return wire.watch_stream(result, self.wire_strategy)
+
+    def prepare(self, settings: Any, kind: str, kwargs: Mapping[str, Any]) -> Optional[dict]:
+        return with_usage_requested(kind, kwargs) if settings.include_usage else None
+
+    def source(self, result: Any, monitor: Any) -> Any:
+        return HidingSource(result, monitor)
+
+
+PROVIDER = OpenAIProvider

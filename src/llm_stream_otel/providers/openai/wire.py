@@ -1,0 +1,194 @@
+"""See the SSE terminator on the wire: was ``data: [DONE]`` the stream's last event?
+
+The SDK swallows ``[DONE]`` (its ``Stream.__stream__`` breaks out of its loop
+on it), so the chunks alone cannot tell "the server said it was done" from
+"the body just stopped". We hook the SDK's SSE layer once per stream, never
+per event:
+
+- ``peek`` (openai 2.x, 3.x): the SDK stops reading at ``[DONE]``, so its
+  event generator (``Stream._iter_events()``) stays suspended on the last
+  event it produced. We keep a reference to that generator (one instance
+  attribute swapped before the first read, removed when the SDK calls it)
+  and, once the stream has ended, read the event the innermost decoder frame
+  holds. An exhausted generator means the body ended without a ``[DONE]``.
+  Zero cost per event.
+- ``record`` (openai 1.x): after ``[DONE]`` the SDK drains the rest of the
+  body (and any event after ``[DONE]``), so the generator is exhausted either
+  way. The events then pass through one small generator that keeps the last
+  event and notes a ``[DONE]`` among them (a Python frame per event, on 1.x only).
+
+Where neither applies (no ``_iter_events``, another wrapper's stream, an
+already-started stream), ``watch_stream`` returns None and the outcome falls
+back to the finish-reason rule; ``doctor`` reports the strategy in use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any, AsyncIterator, Optional
+
+from .chunks import read_error_object_usage
+
+DONE = "[DONE]"
+STRATEGY_PEEK = "peek"
+STRATEGY_RECORD = "record"
+
+_MAX_DEPTH = 8  # generators delegating to generators: _iter_events -> iter_bytes -> _decode_lines
+
+
+def sdk_stream_classes() -> tuple:
+    """The SDK's ``Stream`` / ``AsyncStream``, or () if they cannot be found."""
+    try:
+        from openai._streaming import AsyncStream, Stream
+    except ImportError:
+        return ()
+    if not (hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events")):
+        return ()
+    return (Stream, AsyncStream)
+
+
+def strategy() -> Optional[str]:
+    """How [DONE] is observed with the installed SDK, or None if it cannot be."""
+    if not sdk_stream_classes():
+        return None
+    try:
+        import openai
+
+        major = int(str(openai.__version__).split(".")[0])
+    except (ImportError, ValueError, AttributeError):
+        return None
+    # openai 1.x drains the body after [DONE] ("Ensure the entire stream is consumed").
+    return STRATEGY_RECORD if major < 2 else STRATEGY_PEEK
+
+
+class WireWatch:
+    """The SSE events of one stream, as far as we need them: the last one."""
+
+    __slots__ = ("events", "last", "done")
+
+    def __init__(self) -> None:
+        self.events: Any = None  # the SDK's suspended event generator (peek)
+        self.last: "Optional[deque]" = None  # the last event (record)
+        # record: did any event say [DONE]? (openai 1.x drains events after it, so the
+        # last event need not be the [DONE]); None under peek, where the last event tells.
+        self.done: Optional[bool] = None
+
+    def last_event(self) -> Any:
+        """The last SSE event the SDK read, or None (none read, or the body ended after it)."""
+        if self.last is not None:
+            return self.last[0] if self.last else None
+        return _suspended_event(self.events)
+
+    def observe(self, monitor: Any) -> None:
+        """The stream ended: tell the monitor what the wire showed (see ``read_wire``)."""
+        read_wire(monitor, self)
+
+    def release(self) -> None:
+        self.events = None
+        self.last = None
+
+
+def _suspended_event(gen: Any) -> Any:
+    """The ``sse`` local of the innermost suspended generator of a delegation chain."""
+    event = None
+    for _ in range(_MAX_DEPTH):
+        if gen is None:
+            break
+        frame = getattr(gen, "gi_frame", None) or getattr(gen, "ag_frame", None)
+        if frame is None:  # exhausted or closed: the body ended after the last event
+            return None
+        candidate = frame.f_locals.get("sse")
+        if candidate is not None:
+            event = candidate
+        gen = getattr(gen, "gi_yieldfrom", None)
+    return event
+
+
+def is_done(event: Any) -> bool:
+    data = getattr(event, "data", None)
+    return isinstance(data, str) and data.startswith(DONE)
+
+
+def event_json(event: Any) -> Any:
+    """The JSON of an SSE event's data, or None."""
+    data = getattr(event, "data", None)
+    if not isinstance(data, str) or not data.startswith("{"):
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _record(events: Any, last: deque, watch: WireWatch) -> Any:
+    """Pass the SDK's events through, keeping the last one and whether one was [DONE]."""
+    append = last.append
+    watch.done = False
+    for sse in events:
+        append(sse)
+        if not watch.done and is_done(sse):
+            watch.done = True
+        yield sse
+
+
+async def _arecord(events: AsyncIterator[Any], last: deque, watch: WireWatch) -> AsyncIterator[Any]:
+    append = last.append
+    watch.done = False
+    async for sse in events:
+        append(sse)
+        if not watch.done and is_done(sse):
+            watch.done = True
+        yield sse
+
+
+def _find_sdk_stream(result: Any, classes: tuple) -> Any:
+    target = result
+    for _ in range(4):  # another instrumentation's proxy around the SDK stream
+        if isinstance(target, classes) and type(target).__name__ in ("Stream", "AsyncStream"):
+            return target
+        target = getattr(target, "__wrapped__", None)
+        if target is None:
+            return None
+    return None
+
+
+def watch_stream(result: Any, how: Optional[str]) -> Optional[WireWatch]:
+    """Hook one SDK stream before it is read; None where that is not possible."""
+    if how is None:
+        return None
+    classes = sdk_stream_classes()
+    stream = _find_sdk_stream(result, classes) if classes else None
+    if stream is None:
+        return None
+    namespace = vars(stream)
+    if "_iter_events" in namespace:
+        return None  # already hooked
+    # Had the stream been read already, the SDK never calls the hook: the watch
+    # then sees no event, which is today's rule (no [DONE] known).
+    original = stream._iter_events
+    is_async = isinstance(stream, classes[1])
+    watch = WireWatch()
+
+    def iter_events() -> Any:
+        # Called once, by the SDK's __stream__: unhook first (no cycle stream -> hook stays).
+        namespace.pop("_iter_events", None)
+        events = original()
+        if how == STRATEGY_PEEK:
+            watch.events = events
+            return events
+        last: deque = deque(maxlen=1)
+        watch.last = last
+        return _arecord(events, last, watch) if is_async else _record(events, last, watch)
+
+    namespace["_iter_events"] = iter_events
+    return watch
+
+
+def read_wire(monitor: Any, watch: WireWatch) -> None:
+    """Tell the monitor what the wire showed at the end: ``[DONE]`` or not, and
+    the usage of a final error object (OpenRouter's, after a ``length`` finish)."""
+    event = watch.last_event()
+    monitor.done_seen = is_done(event) if watch.done is None else watch.done
+    if monitor.input_tokens is None and '"error"' in (getattr(event, "data", None) or ""):
+        read_error_object_usage(monitor, event_json(event))

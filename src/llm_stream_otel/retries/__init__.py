@@ -1,0 +1,1 @@
+"""Attributing attempts: SDK retries, application retries (fingerprint + scope), the fix rate, and the resilient helper."""

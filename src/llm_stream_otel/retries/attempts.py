@@ -1,0 +1,157 @@
+"""Retry attempts at every layer, and the fix-rate bookkeeping.
+
+Layers:
+- ``sdk``: the openai client re-sends a failed request itself before any
+  chunk arrives; we see each re-send as a request whose
+  ``x-stainless-retry-count`` header is above zero (see ``sdk_retries``).
+- ``application``: the app calls ``create`` again with the same request
+  within the retry window after a truncated or failed attempt, in the same
+  trace, or (untraced) from the same client and thread/task (``retry_scope``).
+- ``helper``: our own resilient helper retried (it marks its attempts).
+
+Fix rate = recoveries / first attempts that were truncated. A chain of
+attempts ("cut, cut, ok") counts one truncated call and, when a later
+attempt completes, one recovery.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from opentelemetry.trace import Link, Span, SpanContext
+
+from .. import semconv as t
+from ..guard import internal_error
+from ..metrics.instruments import Instruments
+
+DEFAULT_TABLE_SIZE = 10_000
+
+# Set by the resilient helper around each attempt it makes: the key of its
+# chain of attempts (a "continue" attempt is a different request, so the
+# request fingerprint alone would not recognise it) and the helper layer.
+chain_override: "contextvars.ContextVar[Optional[Tuple[bytes, str]]]" = contextvars.ContextVar(
+    "llm_stream_otel_chain", default=None
+)
+
+_FAILURES = (t.OUTCOME_TRUNCATED, t.OUTCOME_FAILED)
+_SUCCESSES = (t.OUTCOME_COMPLETED, t.OUTCOME_LENGTH, t.OUTCOME_CONTENT_FILTER)
+
+
+@dataclass
+class _Chain:
+    """What we remember about a request whose last attempt was cut or failed."""
+
+    attempts: int
+    last_at: float
+    last_span: Optional[SpanContext]
+    first_truncated: bool
+
+
+@dataclass
+class Attempt:
+    """One attempt of a (possibly repeated) request."""
+
+    fingerprint: Optional[bytes]
+    number: int
+    is_retry: bool
+    layer: Optional[str]
+    link: Optional[SpanContext]
+    started_at: float
+    first_truncated: bool = False
+    evidence: Optional[str] = None  # trace | fingerprint, for application retries
+
+    def links(self) -> list:
+        return [Link(self.link, {t.ATTEMPT: self.number - 1})] if self.link is not None else []
+
+
+def _add(counter: object, attributes: dict) -> None:
+    """Count one; a broken meter must not cost a stream its span."""
+    try:
+        counter.add(1, attributes)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        internal_error("metric recording")
+
+
+class RetryTracker:
+    """Recognise repeats of cut/failed requests; count retries and recoveries.
+
+    Memory is bounded: only requests whose last attempt failed are kept, at
+    most ``max_entries`` of them, each for ``window`` seconds.
+    """
+
+    def __init__(self, instruments: Instruments, window: float, max_entries: int = DEFAULT_TABLE_SIZE) -> None:
+        self._instruments = instruments
+        self._window = window
+        self._max_entries = max_entries
+        self._chains: "OrderedDict[bytes, _Chain]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._chains)
+
+    def _expire(self, now: float) -> None:
+        chains = self._chains
+        while chains:
+            key, chain = next(iter(chains.items()))
+            if now - chain.last_at <= self._window and len(chains) <= self._max_entries:
+                break
+            chains.popitem(last=False)
+
+    def start(
+        self, fingerprint: Optional[bytes], now: float, metric_attributes: dict, evidence: Optional[str] = None
+    ) -> Attempt:
+        """A new attempt begins: is it a repeat of a cut or failed one?
+
+        ``fingerprint`` is the scoped key of the request (see retry_scope),
+        ``evidence`` what scoped it; None: no application retry attribution.
+        """
+        override = chain_override.get()
+        layer = t.RETRY_LAYER_APPLICATION
+        if override is not None:
+            fingerprint, layer = override
+            evidence = None
+        chain = None
+        if fingerprint is not None:
+            with self._lock:
+                self._expire(now)
+                chain = self._chains.get(fingerprint)
+        if chain is None:
+            return Attempt(fingerprint, 1, False, None, None, now)
+        _add(self._instruments.retries, {**metric_attributes, t.RETRY_LAYER: layer})
+        return Attempt(
+            fingerprint, chain.attempts + 1, True, layer, chain.last_span, now, chain.first_truncated, evidence
+        )
+
+    def finish(
+        self, attempt: Attempt, outcome: Optional[str], span: Span, metric_attributes: dict, now: float
+    ) -> None:
+        """An attempt settled: remember a failure, or count a recovery."""
+        if attempt.fingerprint is None:
+            return
+        if span.is_recording():
+            span.set_attribute(t.ATTEMPT, attempt.number)
+            span.set_attribute(t.IS_RETRY, attempt.is_retry)
+            if attempt.layer:
+                span.set_attribute(t.RETRY_LAYER, attempt.layer)
+            if attempt.is_retry and attempt.evidence:
+                span.set_attribute(t.RETRY_EVIDENCE, attempt.evidence)
+        if outcome in _FAILURES:
+            first_truncated = attempt.first_truncated if attempt.is_retry else outcome == t.OUTCOME_TRUNCATED
+            with self._lock:
+                self._chains.pop(attempt.fingerprint, None)
+                self._chains[attempt.fingerprint] = _Chain(
+                    attempt.number, now, span.get_span_context(), first_truncated
+                )
+                self._expire(now)
+            return
+        if outcome in _SUCCESSES and attempt.is_retry:
+            with self._lock:
+                chain = self._chains.pop(attempt.fingerprint, None)
+            if chain is not None and chain.first_truncated:
+                _add(self._instruments.recoveries, metric_attributes)
+                if span.is_recording():
+                    span.set_attribute(t.RECOVERED_AFTER_ATTEMPTS, attempt.number)

@@ -1,0 +1,59 @@
+"""Was a stream's HTTP connection reused from the pool, and how long had it idled?
+
+The openai SDK passes no request extensions, so httpcore's ``trace`` hook is
+out of reach without patching the client. What every httpx/httpx2 response
+does expose is the public ``network_stream`` response extension, whose
+``get_extra_info("socket")`` is the connection's socket object. A registry
+keyed *weakly* by that socket remembers the last instrumented stream on it:
+a later stream on the same socket object was served by a pooled connection
+that had been idle since that stream ended.
+
+The registry holds no more than the live sockets (an entry goes with its
+socket when the pool closes the connection; openai 2.x and 3.x close a stream's
+connection at its end, so there it stays empty), and a new connection is
+never mistaken for a reused one, even when the OS hands out the same
+address pair again. ``reused=True`` is certain; ``False`` means no earlier
+*instrumented* stream used it (a non-streaming call before it is not seen).
+One lookup per stream; nothing per chunk.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Optional
+
+from .. import semconv as t
+
+# socket -> the monitor of the last stream on it (its ended_at, read lazily).
+_last_use: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def connection_socket(response: Any) -> Optional[Any]:
+    """The socket object of the response's connection, if exposed."""
+    extensions = getattr(response, "extensions", None)
+    if not isinstance(extensions, dict):
+        return None
+    stream = extensions.get("network_stream")
+    get_extra_info = getattr(stream, "get_extra_info", None)
+    if get_extra_info is None:
+        return None
+    return get_extra_info("socket")
+
+
+def connection_facts(monitor: Any, response: Any) -> dict:
+    """``llm.stream.connection.reused`` (and ``.idle`` in s) for this stream; records the use."""
+    sock = connection_socket(response)
+    if sock is None:
+        return {}
+    try:
+        previous = _last_use.get(sock)
+        _last_use[sock] = monitor
+    except TypeError:  # a socket-like object that takes no weak reference: not tracked
+        return {}
+    if previous is None:
+        return {t.CONNECTION_REUSED: False}
+    facts: dict = {t.CONNECTION_REUSED: True}
+    ended_at = previous.ended_at
+    if ended_at is not None:
+        facts[t.CONNECTION_IDLE] = max(0.0, monitor.started_at - ended_at)
+    return facts

@@ -1,0 +1,130 @@
+"""What the HTTP response of a stream says about why it might be cut.
+
+Read once per stream, when ``create`` returns (the response headers have
+arrived) or fails with an HTTP status: status code, protocol version, the
+intermediary named by ``via`` / ``server``, the provider's request id and an
+unexpected content type. Pure functions over a response-like object (httpx
+and httpx2 ``Response`` alike: ``status_code``, ``http_version``,
+``headers``); nothing here runs per chunk.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Mapping, Optional
+
+from .. import semconv as t
+from .connections import connection_facts
+
+# Product tokens (lower case, as they appear at the start of `server` or of a
+# `via` entry's pseudonym) -> the bounded value of llm.stream.http.intermediary.
+_KNOWN_INTERMEDIARIES = {
+    "nginx": t.INTERMEDIARY_NGINX,
+    "openresty": t.INTERMEDIARY_NGINX,
+    "haproxy": t.INTERMEDIARY_HAPROXY,
+    "envoy": t.INTERMEDIARY_ENVOY,
+    "istio-envoy": t.INTERMEDIARY_ENVOY,
+    "cloudflare": t.INTERMEDIARY_CLOUDFLARE,
+    "squid": t.INTERMEDIARY_SQUID,
+    "varnish": t.INTERMEDIARY_VARNISH,
+    "apache": t.INTERMEDIARY_APACHE,
+    "httpd": t.INTERMEDIARY_APACHE,
+    "traefik": t.INTERMEDIARY_TRAEFIK,
+    "caddy": t.INTERMEDIARY_CADDY,
+    "awselb": t.INTERMEDIARY_AWS_ELB,
+    "kong": t.INTERMEDIARY_KONG,
+    "google frontend": t.INTERMEDIARY_GOOGLE,
+    "gfe": t.INTERMEDIARY_GOOGLE,
+    "akamaighost": t.INTERMEDIARY_AKAMAI,
+}
+_TOKEN = re.compile(r"[a-z][a-z0-9._ -]*?(?=[/(;,]|$|\s\d)")
+_SSE = "text/event-stream"
+_MAX_HEADER_VALUE = 128
+
+
+def _header(headers: Any, name: str) -> Optional[str]:
+    try:
+        value = headers.get(name)
+    except Exception:  # noqa: BLE001 - an odd headers object: no value
+        return None
+    return str(value)[:_MAX_HEADER_VALUE] if value else None
+
+
+def _product(text: str) -> Optional[str]:
+    """The known intermediary a `server` value or `via` pseudonym names, if any."""
+    lowered = text.strip().lower()
+    if lowered in _KNOWN_INTERMEDIARIES:
+        return _KNOWN_INTERMEDIARIES[lowered]
+    match = _TOKEN.match(lowered)
+    token = match.group(0).strip() if match else lowered.split("/", 1)[0].strip()
+    return _KNOWN_INTERMEDIARIES.get(token)
+
+
+def intermediary(server: Optional[str], via: Optional[str]) -> Optional[str]:
+    """``via`` entries (``1.1 haproxy``, ``1.1 abc.cloudfront.net (CloudFront)``)
+    first, then ``server``; a known product, else ``_OTHER``; None without either."""
+    if not server and not via:
+        return None
+    for entry in (via or "").split(","):
+        parts = entry.strip().split(None, 1)  # "<protocol> <pseudonym> [comment]"
+        if len(parts) == 2:
+            found = _product(parts[1]) or (_product(parts[1].split("(", 1)[-1]) if "(" in parts[1] else None)
+            if found:
+                return found
+    if server:
+        found = _product(server)
+        if found:
+            return found
+    return t.ERROR_TYPE_OTHER
+
+
+def protocol_version(http_version: Any) -> Optional[str]:
+    """``HTTP/1.1`` -> ``1.1``, ``HTTP/2`` -> ``2`` (semconv ``network.protocol.version``)."""
+    if not http_version:
+        return None
+    text = http_version.decode("ascii", "replace") if isinstance(http_version, bytes) else str(http_version)
+    return text.upper().replace("HTTP/", "").strip() or None
+
+
+def response_facts(response: Any) -> Dict[str, Any]:
+    """Span attributes of one HTTP response (empty for anything that is not one)."""
+    facts: Dict[str, Any] = {}
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        facts[t.HTTP_RESPONSE_STATUS_CODE] = status
+    version = protocol_version(getattr(response, "http_version", None))
+    if version:
+        facts[t.NETWORK_PROTOCOL_VERSION] = version
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return facts
+    found = intermediary(_header(headers, "server"), _header(headers, "via"))
+    if found:
+        facts[t.HTTP_INTERMEDIARY] = found
+    request_id = _header(headers, "x-request-id")
+    if request_id:
+        facts[t.HTTP_REQUEST_ID] = request_id
+    content_type = _header(headers, "content-type")
+    if content_type and not content_type.lower().startswith(_SSE):
+        facts[t.HTTP_CONTENT_TYPE] = content_type.split(";", 1)[0].strip()
+    return facts
+
+
+def metric_facts(facts: Mapping[str, Any]) -> Dict[str, Any]:
+    """The bounded subset of ``response_facts`` that goes on the outcome counter."""
+    keys = (t.HTTP_RESPONSE_STATUS_CODE, t.HTTP_INTERMEDIARY, t.CONNECTION_REUSED)
+    return {key: facts[key] for key in keys if key in facts}
+
+
+def note_response(monitor: Any, response: Any, now: float) -> None:
+    """The response headers arrived at ``now``: keep their facts on the monitor.
+
+    Called once per stream by the method wrapper (``create`` returns once the
+    headers are in; on an HTTP error, the ``APIStatusError`` carries them).
+    """
+    if response is None or monitor.headers_at is not None:
+        return
+    monitor.headers_at = now
+    facts = response_facts(response)
+    facts.update(connection_facts(monitor, response))
+    monitor.http = facts

@@ -1,0 +1,1 @@
+"""Maintainer tools, not in the wheel: dashboard and alert generators, previews, local servers."""

@@ -1,0 +1,1 @@
+"""Real servers on loopback (Prometheus, Alertmanager, VictoriaMetrics) for previews and tests."""
