@@ -69,6 +69,37 @@ def test_wheel_metadata_and_contents(dist: Path):
     assert "Apache License" in (ROOT / "LICENSE").read_text()
 
 
+# What users run, and nothing else: maintainer tools (tools/: dashboard generators,
+# previews, local Prometheus) and test support (tests/support/) stay out of the wheel.
+WHEEL_MODULES = {
+    "": {"__init__", "version", "semconv", "series", "config", "guard", "instrumentor", "resilient",
+         "bundled", "cli", "doctor"},
+    "stream": {"__init__", "monitor", "outcome", "call", "record", "proxy", "telemetry", "wrapper",
+               "http_facts", "connections", "handoff", "exit_hook"},
+    "metrics": {"__init__", "instruments", "histogram_merge", "cardinality"},
+    "retries": {"__init__", "attempts", "fingerprint", "scope"},
+    "providers": {"__init__", "base"},
+    "providers/openai": {"__init__", "patches", "request", "chunks", "wire", "include_usage", "sdk_retries"},
+    "demo": {"__init__", "fault_server", "fault_plan", "run", "phases", "scenarios", "summary", "otel_setup"},
+    "diagnose": {"__init__", "command", "prometheus", "render", "rules"},
+}
+
+
+def test_the_wheel_holds_only_what_users_run(dist: Path):
+    with zipfile.ZipFile(_wheel(dist)) as zf:
+        modules = [n[len("llm_stream_otel/"):-3] for n in zf.namelist() if n.startswith("llm_stream_otel/") and n.endswith(".py")]
+    found: dict = {}
+    for module in modules:
+        folder, _, name = module.rpartition("/")
+        found.setdefault(folder, set()).add(name)
+    # Providers beyond openai bring their own subpackage; each is a package.
+    extra_providers = {f for f in found if f.startswith("providers/") and f != "providers/openai"}
+    for folder in extra_providers:
+        assert "__init__" in found.pop(folder), folder
+    assert found == WHEEL_MODULES
+    assert not any(n.startswith(("tools/", "tests/")) for n in zipfile.ZipFile(_wheel(dist)).namelist())
+
+
 def test_sdist_holds_the_sources_and_license(dist: Path):
     import tarfile
 
