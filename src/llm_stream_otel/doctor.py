@@ -76,6 +76,13 @@ def patched_methods() -> List[str]:
         instrumentor.uninstrument()
 
 
+def providers() -> List[str]:
+    """The providers whose SDK is importable here (see providers/__init__.py)."""
+    from .providers import installed
+
+    return [provider.name for provider in installed()]
+
+
 def wire_report() -> str:
     """How the end of a stream is judged with the installed SDK (see wire.py)."""
     from .providers.openai.wire import strategy
@@ -133,6 +140,7 @@ def _report() -> str:
         lines += [f"  {m}" for m in methods] or ["  nothing (is openai installed?)"]
     except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
         lines.append(f"  could not instrument: {type(exc).__name__}: {exc}")
+    lines += ["", "providers (SDK importable here): " + (", ".join(providers()) or "none")]
     lines += ["", f"[DONE] on the wire: {wire_report()}"]
     lines += ["", "effective configuration (environment, defaults for bad values):"]
     for key, value in asdict(load_settings()).items():

@@ -5,6 +5,7 @@ The first implementation of the provider contract (``providers/base.py``).
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, List, Mapping, Optional
 
 from ... import semconv as t
@@ -40,11 +41,7 @@ class OpenAIProvider(Provider):
         self.wire_strategy = wire.strategy()
 
     def available(self) -> bool:
-        try:
-            import openai  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return importlib.util.find_spec("openai") is not None
 
     def patches(self, telemetry: Any) -> List[Patch]:
         from .patches import patches
