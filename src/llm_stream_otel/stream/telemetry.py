@@ -82,7 +82,7 @@ class StreamTelemetry:
         metric_attrs = self.metric_attributes(request.span_attributes)
         now = time.perf_counter()
         scope = retry_scope(self.settings.app_retries, provider.retry_client(instance))
-        fingerprint = provider.fingerprint(kind, request, kwargs) if scope is not None else None
+        fingerprint = provider.fingerprint(kind, request.base_url, kwargs) if scope is not None else None
         if scope is not None and fingerprint is not None:
             attempt = self.retries.start(scope[0] + fingerprint, now, metric_attrs, scope[1])
         else:

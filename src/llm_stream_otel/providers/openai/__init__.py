@@ -6,11 +6,11 @@ The first implementation of the provider contract (``providers/base.py``).
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from typing import Any, List, Mapping, Optional
 
 from ... import semconv as t
-from ...retries.fingerprint import request_fingerprint
-from ..base import ChunkReader, Patch, Provider, RequestInfo
+from ..base import Patch, Provider
 from . import wire
 from .chunks import reader_for
 from .include_usage import HidingSource, with_usage_requested
@@ -39,6 +39,10 @@ class OpenAIProvider(Provider):
     def __init__(self) -> None:
         # How [DONE] is observed with the installed SDK (None: it is not; see wire.py).
         self.wire_strategy = wire.strategy()
+        # The hooks that are plain functions, bound as they are (no delegating frame).
+        self.describe = describe_request  # type: ignore[method-assign]
+        self.reader = reader_for  # type: ignore[method-assign]
+        self.watch = partial(wire.watch_stream, how=self.wire_strategy)  # type: ignore[method-assign]
 
     def available(self) -> bool:
         return importlib.util.find_spec("openai") is not None
@@ -56,22 +60,11 @@ class OpenAIProvider(Provider):
         # object, not a stream: leave those alone.
         return not (headers and any(str(key).lower() == _RAW_HEADER for key in headers))
 
-    def describe(self, kind: str, instance: Any, kwargs: Mapping[str, Any]) -> RequestInfo:
-        return describe_request(kind, instance, kwargs)
-
-    def reader(self, kind: str) -> ChunkReader:
-        return reader_for(kind)
-
-    def is_error_event(self, exc: BaseException) -> bool:
+    @staticmethod
+    def is_error_event(exc: BaseException) -> bool:
         # openai raises a bare ``APIError`` (not a connection or status error) for
         # an error object inside the event stream.
         return type(exc).__name__ == "APIError" and getattr(exc, "body", None) is not None
-
-    def fingerprint(self, kind: str, request: RequestInfo, kwargs: Mapping[str, Any]) -> Optional[bytes]:
-        return request_fingerprint(kind, request.base_url, kwargs)
-
-    def watch(self, result: Any) -> Any:
-        return wire.watch_stream(result, self.wire_strategy)
 
     def prepare(self, settings: Any, kind: str, kwargs: Mapping[str, Any]) -> Optional[dict]:
         return with_usage_requested(kind, kwargs) if settings.include_usage else None
