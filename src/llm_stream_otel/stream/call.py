@@ -44,7 +44,6 @@ class StreamCall:
         "wall_start_ns",
         "attempt",
         "sdk_retries",
-        "done",
         "_token",
         "__weakref__",
         "wire",
@@ -66,7 +65,6 @@ class StreamCall:
         self.wall_start_ns = wall_start_ns
         self.attempt = attempt
         self.sdk_retries = 0
-        self.done = False
         self._token = [True]  # popped by the one ending that wins
         self.wire: Any = None  # a provider's wire observer, set by the method wrapper
         exit_hook.track(self)
@@ -162,13 +160,11 @@ class StreamCall:
             self._end(self.monitor.abandon, at_exit=True)
 
     def _finish(self, at_exit: bool = False) -> None:
-        self.done = True
         exit_hook.untrack(self)
         self.recorder.finish(self, at_exit)
 
     def _end_span_quietly(self) -> None:
         try:
-            self.done = True
             self.span.end()
         except Exception:  # noqa: BLE001
             internal_error("span end")
