@@ -139,6 +139,7 @@ INTERNAL_ERRORS = METRICS["llm.stream.internal_errors"]
 NOT_ON_DASHBOARDS = frozenset({INTERNAL_ERRORS})
 IDLE_BEFORE_END = METRICS["llm.stream.idle_before_end"]
 
+PROVIDER = LABELS["gen_ai.provider.name"]
 MODEL = LABELS["gen_ai.request.model"]
 RESPONSE_MODEL = LABELS["gen_ai.response.model"]
 SERVER = LABELS["server.address"]

@@ -140,13 +140,13 @@ def test_truncation_alert_is_delivered_with_labels_and_annotations(delivery):
     (alert,) = _alerts_in(payload, TRUNCATION, BUSY, "firing")
     rule = FAST[TRUNCATION]
     labels = alert["labels"]
-    assert labels == {"alertname": TRUNCATION, "job": BUSY, "gen_ai_request_model": "gpt-demo-mini",
+    assert labels == {"alertname": TRUNCATION, "job": BUSY, "gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt-demo-mini",
                       "server_address": "127.0.0.1", "severity": "page"}
     ann = alert["annotations"]
     assert ann["runbook_url"] == rule.runbook_url() and ann["runbook_url"].endswith("#llmstreamtruncationratehigh")
-    # "43.48% of LLM streams truncated for gpt-demo-mini on 127.0.0.1 (job checkout)"
+    # "43.48% of LLM streams truncated for openai gpt-demo-mini on 127.0.0.1 (job checkout)"
     pct, rest = ann["summary"].split("% ", 1)
-    assert rest == f"of LLM streams truncated for gpt-demo-mini on 127.0.0.1 (job {BUSY})", ann["summary"]
+    assert rest == f"of LLM streams truncated for openai gpt-demo-mini on 127.0.0.1 (job {BUSY})", ann["summary"]
     assert 25 <= float(pct) <= 75, ann["summary"]  # the faulty mix truncates half the streams
     assert "threshold 5%" in ann["description"] and "at least 20 streams" in ann["description"]
     assert f":{delivery['prom'].port}/graph?g0.expr=" in alert["generatorURL"]

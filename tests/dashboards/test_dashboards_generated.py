@@ -141,7 +141,7 @@ def test_template_variables(committed):
             assert list(var) == ["datasource", "job"]
             assert var["job"]["multi"] and "job:llm_stream_outcomes:rate" in var["job"]["query"]
             continue
-        assert list(var) == ["datasource", "job", "model", "server"], fname
+        assert list(var) == ["datasource", "job", "provider", "model", "server"], fname
         assert var["datasource"]["type"] == "datasource" and var["datasource"]["query"] == "prometheus"
         assert names.SERVICE_LABEL in var["job"]["query"]
         assert names.MODEL in var["model"]["query"]
@@ -159,7 +159,7 @@ def test_every_query_is_filtered_by_all_variables(committed):
                 if fname == FLEET_FILE:  # per service: $job; fleet-wide stats: every service
                     assert "$job" in target["expr"] or target["expr"].startswith("fleet:"), (panel["title"], target)
                     continue
-                for var in ("$job", "$model", "$server"):
+                for var in ("$job", "$provider", "$model", "$server"):
                     assert var in target["expr"], (fname, panel["title"], var)
 
 

@@ -118,7 +118,7 @@ def test_demo_traffic_reached_prometheus(run):
 _LABEL_VALUES = re.compile(r"^label_values\((.*),\s*(\w+)\)$", re.S)
 
 
-def test_template_variable_queries_find_job_model_server(run, dashboards, busiest):
+def test_template_variable_queries_find_job_provider_model_server(run, dashboards, busiest):
     values = {"job": run.job, "model": busiest["model"], "datasource": "prometheus"}
     for file_name, dash in dashboards.items():
         found: Dict[str, List[str]] = {}
@@ -136,6 +136,7 @@ def test_template_variable_queries_find_job_model_server(run, dashboards, busies
             continue
         assert busiest["model"] in found["model"], (file_name, found)
         assert busiest["server"] in found["server"], (file_name, found)
+        assert found["provider"] == ["openai"], (file_name, found)
 
 
 @pytest.mark.parametrize("selection", ["all models", "busiest model"])

@@ -247,7 +247,7 @@ def test_alert_expressions_per_service_equal_the_counts(fleet_run):
     for svc, samples in fleet_run["expositions"].items():
         pairs = {(labels[names.MODEL], labels[names.SERVER]) for n, labels, _ in samples if n == names.OUTCOMES}
         for model, server in pairs:
-            key = tuple(sorted({"job": svc, names.MODEL: model, names.SERVER: server}.items()))
+            key = tuple(sorted({"job": svc, names.PROVIDER: "openai", names.MODEL: model, names.SERVER: server}.items()))
             sel = {names.MODEL: model, names.SERVER: server}
             streams = _total(samples, names.OUTCOMES, **sel)
             truncated = _total(samples, names.OUTCOMES, **sel, **{names.OUTCOME: "truncated"})

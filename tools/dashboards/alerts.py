@@ -67,7 +67,7 @@ def _pct(x: float) -> str:
     return f"{x * 100:g}%"
 
 
-_WHERE = "{{ $labels.gen_ai_request_model }} on {{ $labels.server_address }} (job {{ $labels.job }})"
+_WHERE = "{{ $labels.gen_ai_provider_name }} {{ $labels.gen_ai_request_model }} on {{ $labels.server_address }} (job {{ $labels.job }})"
 BY = q.ALERT_BY
 
 

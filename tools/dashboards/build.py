@@ -234,7 +234,7 @@ def _job_variable(series: str, description: str) -> db.QueryVariable:
 
 
 def _variables(d: db.Dashboard, *, single: bool) -> db.Dashboard:
-    """datasource, job (service), model, server; ``single`` for the drill-down."""
+    """datasource, job (service), provider, model, server; ``single`` for the drill-down."""
     d = d.with_variable(
         db.DatasourceVariable("datasource").label("Data source").type("prometheus")
     )
@@ -243,12 +243,25 @@ def _variables(d: db.Dashboard, *, single: bool) -> db.Dashboard:
         "Prometheus job label: the OTel service.name via the Collector, the scrape job name "
         "when Prometheus scrapes the app directly.",
     ))
+    provider = (
+        db.QueryVariable("provider")
+        .label("Provider")
+        .description("gen_ai.provider.name: openai, anthropic, gcp.gemini, gcp.vertex_ai, ...")
+        .datasource(DS)
+        .query(f'label_values({n.OUTCOMES}{{{n.SERVICE_LABEL}=~"$job"}}, {n.PROVIDER})')
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+    )
+    d = d.with_variable(provider)
     model = (
         db.QueryVariable("model")
         .label("Model")
         .description("gen_ai.request.model")
         .datasource(DS)
-        .query(f'label_values({n.OUTCOMES}{{{n.SERVICE_LABEL}=~"$job"}}, {n.MODEL})')
+        .query(f'label_values({n.OUTCOMES}{{{n.SERVICE_LABEL}=~"$job", {n.PROVIDER}=~"$provider"}}, {n.MODEL})')
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
     )
@@ -257,7 +270,7 @@ def _variables(d: db.Dashboard, *, single: bool) -> db.Dashboard:
         .label("Server")
         .description("server.address")
         .datasource(DS)
-        .query(f'label_values({n.OUTCOMES}{{{n.SERVICE_LABEL}=~"$job", {n.MODEL}=~"$model"}}, {n.SERVER})')
+        .query(f'label_values({n.OUTCOMES}{{{n.SERVICE_LABEL}=~"$job", {n.PROVIDER}=~"$provider", {n.MODEL}=~"$model"}}, {n.SERVER})')
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
     )

@@ -9,12 +9,14 @@ from llm_stream_otel import series as n
 #: Label filters of the dashboards' template variables.
 DASHBOARD_FILTERS = {
     n.SERVICE_LABEL: "=~$job",
+    n.PROVIDER: "=~$provider",
     n.MODEL: "=~$model",
     n.SERVER: "=~$server",
 }
 
-#: The labels alerts (and per-model panels) group by.
-ALERT_BY = (n.SERVICE_LABEL, n.MODEL, n.SERVER)
+#: The labels alerts (and per-model panels) group by: an alert names its provider
+#: (openai, anthropic, gcp.gemini, ...) beside the model, so one rule serves every provider.
+ALERT_BY = (n.SERVICE_LABEL, n.PROVIDER, n.MODEL, n.SERVER)
 
 
 def selector(metric: str, matchers: Optional[Mapping[str, str]] = None, **eq: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 DEFAULT_VARIABLES: Dict[str, str] = {
     "datasource": "prometheus",
     "job": ".*",
+    "provider": ".*",
     "model": ".*",
     "server": ".*",
     "__rate_interval": "1m",
