@@ -1,9 +1,9 @@
-"""Real nginx and HAProxy between the real openai client and the fault server.
+"""Real nginx, HAProxy and squid between the real openai client and the fault server.
 
 Each scenario is one way a proxy cuts (or fails) a stream; each asserts the
 outcome, the truncation reason and the root-cause attributes that tell the
 scenarios apart. The fixture's stall threshold is 0.3 s; proxy timeouts are
-1 s so the file stays short. Skips without nginx/haproxy, fails on CI=true.
+1 s so the file stays short. Skips without nginx/haproxy/squid, fails on CI=true.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from llm_stream_otel import semconv as t
 from streaming import consume, request_kwargs
-from support.proxies import HAProxy, Nginx, find_binary, free_port
+from support.proxies import HAProxy, Nginx, Squid, find_binary, free_port
 
 MAJOR = int(openai.__version__.split(".")[0])
 
@@ -55,6 +55,11 @@ def nginx():
 @pytest.fixture
 def haproxy():
     yield from _proxies(HAProxy, "haproxy")
+
+
+@pytest.fixture
+def squid():
+    yield from _proxies(Squid, "squid")
 
 
 def client_for(proxy, **kw) -> openai.OpenAI:
@@ -101,6 +106,8 @@ def assert_cut(attrs, reason, cause, intermediary, status=200):
         # HAProxy `timeout server 1s`: measured 0.80 s; its headers (and so,
         # evidently, its chunks) reach the client ~0.2 s after nginx's would.
         ("haproxy", {"server_timeout": 1}, 0.6),
+        # squid's `read_timeout 1 seconds` (whole seconds only): measured 0.89-0.95 s
+        ("squid", {"read_timeout": 1}, 0.6),
     ],
 )
 def test_proxy_read_timeout(instrumented, server, request, kind, settings, low):
@@ -117,7 +124,8 @@ def test_proxy_read_timeout(instrumented, server, request, kind, settings, low):
 
 # 2. proxy stopped mid-stream --------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["nginx", "haproxy"])  # `nginx -s stop`; SIGTERM = HAProxy's hard stop
+# `nginx -s stop`; SIGTERM = HAProxy's hard stop; SIGTERM to squid with `shutdown_lifetime 0`
+@pytest.mark.parametrize("kind", ["nginx", "haproxy", "squid"])
 def test_proxy_stopped_mid_stream(instrumented, server, request, kind):
     proxy = request.getfixturevalue(kind)(server.port)
     with client_for(proxy) as c:
@@ -131,7 +139,7 @@ def test_proxy_stopped_mid_stream(instrumented, server, request, kind):
 
 # 3. upstream killed behind the proxy ------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+@pytest.mark.parametrize("kind", ["nginx", "haproxy", "squid"])
 def test_upstream_killed_behind_the_proxy(instrumented, server, request, kind):
     proxy = request.getfixturevalue(kind)(server.port)
     with client_for(proxy) as c:
