@@ -12,59 +12,24 @@ diagnose`` must name each cause, in text and in JSON.
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tools.servers import prometheus as harness
-
-
-def _script() -> str:
-    found = shutil.which("llm-stream-otel", path=os.path.dirname(sys.executable))
-    assert found, "the llm-stream-otel console script is not installed next to this python"
-    return found
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    if harness.prometheus_binary() is None:
-        if os.environ.get("CI", "").lower() in {"true", "1", "yes"}:
-            pytest.fail("CI=true and prometheus is not on PATH", pytrace=False)
-        pytest.skip("prometheus is not on PATH (apt-get install -y prometheus)")
-    workdir = tmp_path_factory.mktemp("prom")
-    traffic = _Traffic()
-    with harness.Prometheus(workdir, target=f"127.0.0.1:{traffic.port}", job=JOB, rule_files=[]) as prometheus:
-        with traffic:
-            traffic.wait_holding(timeout=60)
-            harness.wait_for_final_scrape(prometheus, traffic, JOB)
-            yield harness.Run(prometheus, traffic, JOB, traffic.started_at - 2, time.time(), 0.0)
-
+from support.scraped_traffic import diagnose, require_prometheus, scraped
 
 JOB = "diagnose-e2e"
 
 
-class _Traffic(harness.Demo):
-    """``traffic.py`` instead of the demo, with the demo's process handling."""
-
-    def __init__(self) -> None:
-        super().__init__(duration=0)
-        self.args = [sys.executable, str(Path(__file__).with_name("traffic.py")), str(self.port)]
-
-
-def _diagnose(run, *extra: str) -> subprocess.CompletedProcess:
-    since = f"{math.ceil(time.time() - run.start) + 5}s"
-    return subprocess.run([_script(), "diagnose", "--prometheus", run.url, "--job", run.job, "--since", since, *extra],
-                          capture_output=True, text=True, timeout=60)
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    require_prometheus()
+    with scraped(tmp_path_factory.mktemp("prom"), Path(__file__).with_name("traffic.py"), JOB) as r:
+        yield r
 
 
 def test_text_names_each_cause(run):
-    out = _diagnose(run)
+    out = diagnose(run)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     print(text)
@@ -78,7 +43,7 @@ def test_text_names_each_cause(run):
 
 
 def test_json_names_each_cause(run):
-    out = _diagnose(run, "--json")
+    out = diagnose(run, "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     print(json.dumps(doc["servers"], indent=1))
@@ -94,5 +59,5 @@ def test_json_names_each_cause(run):
 
 
 def test_an_unknown_job_has_no_data(run):
-    out = _diagnose(run, "--job", "no-such-job")
+    out = diagnose(run, "--job", "no-such-job")
     assert out.returncode == 0 and "no cut or failed streams" in out.stdout

@@ -265,7 +265,7 @@ shutdown_lifetime 0 seconds
 
 
 _CLOSE_REUSED = """
-            if ($connection_requests > 1) { return 444; }"""
+            if ($connection_requests != 1) { return 444; }"""
 
 
 def _ms(seconds: float) -> str:
