@@ -272,3 +272,21 @@ def test_preview_render_api_reports_every_panel(run, tmp_path):
     assert stats["Streams"] and stats["Streams"] > 50, stats
     assert 0.15 < stats["Truncation rate"] < 0.5, stats
     assert json.dumps(info, default=str)
+
+
+def test_diagnose_names_the_demo_causes(run):
+    """The demo sends every signature ``diagnose`` names; its restarts stand out of the background cuts."""
+    from support.scraped_traffic import diagnose
+
+    out = diagnose(run, "--json")
+    assert out.returncode == 0, out.stderr
+    (server,) = json.loads(out.stdout)["servers"]  # the embedded fault server
+    causes = {f["cause"]: f for f in server["findings"]}
+    print(json.dumps(server, indent=1))
+    assert set(causes) <= {"proxy_idle_timeout", "restart", "client_read_timeout", "stale_connection",
+                           "http_502", "http_504"}, causes
+    # the weights that give >= 4 streams even in a short, loaded run; the others appear in longer runs
+    assert {"restart", "proxy_idle_timeout", "client_read_timeout", "http_502"} <= set(causes), causes
+    (line,) = [x for x in run.demo.lines if x.startswith("simulated server restarts:")]
+    restarts = int(re.match(r"simulated server restarts: (\d+)", line).group(1))
+    assert restarts >= 2 and len(causes["restart"]["details"]["bursts"]) >= restarts - 1, (line, causes["restart"])

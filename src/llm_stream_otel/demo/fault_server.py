@@ -349,6 +349,12 @@ class FaultServer:
         return int(self._listener.getsockname()[1])
 
     @property
+    def open_streams(self) -> int:
+        """How many connections are in the middle of an SSE body right now."""
+        with self._lock:
+            return len(self._streaming)
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 

@@ -13,12 +13,12 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Optional, Set
+from typing import Callable, List, Optional, Set
 
 from ..instrumentor import LLMStreamInstrumentor
 from .fault_server import FaultServer
 from .otel_setup import DemoTelemetry, PortBusyError, setup
-from .scenarios import pick, run_scenario
+from .scenarios import LONG_ANSWER, Scenario, pick, run_scenario
 from .summary import Summary, render_text, summarize, summary_rows
 
 
@@ -89,34 +89,81 @@ class _Progress:
 
 
 _RESTART_EVERY = 60  # completed calls between two simulated server restarts
+#: Long answers opened just before each restart, on top of the usual traffic: a
+#: restart cuts every open stream at once, and with only the usual few open
+#: its burst would hide in the steady background of resets (diagnose compares
+#: each second's instant cuts with the usual second's).
+RESTART_WAVE = 12
+#: The restart comes once the wave is streaming (every long answer has its
+#: headers), or at the latest this many seconds after it was opened.
+_WAVE_OPEN = 2.0
 
 
-def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop: threading.Event) -> None:
+class _Restarts:
+    """When to open a wave of long answers and when to cut every open stream."""
+
+    def __init__(self) -> None:
+        self.done = 0  # restarts scheduled so far
+        self.cut_at: Optional[float] = None  # the latest time of the pending restart
+        self.wave = 0  # long answers opened for it
+        self.cuts: List[int] = []  # streams each restart cut
+
+    def due(self, completed: int) -> bool:
+        if self.cut_at is None and completed // _RESTART_EVERY > self.done:
+            self.done += 1
+            self.cut_at = time.monotonic() + _WAVE_OPEN
+            return True
+        return False
+
+    def wait_timeout(self) -> float:
+        return 0.25 if self.cut_at is None else 0.02  # a restart is pending: look often
+
+    def cut_now(self, server: FaultServer) -> None:
+        if self.cut_at is None:
+            return
+        if server.open_streams >= self.wave or time.monotonic() >= self.cut_at:
+            self.cut_at = None
+            self.cuts.append(server.cut_open_streams())  # a server restart: every open stream cut at once
+
+
+def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop: threading.Event) -> List[int]:
+    """Run the traffic; return how many streams each simulated restart cut."""
     rng = random.Random(options.seed)
     deadline = time.monotonic() + options.duration if options.duration else None
     submitted = completed = 0
-    running: Set[Future] = set()
-    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="demo") as pool:
+    running: Set[Future] = set()  # the steady traffic, at most ``concurrency`` calls
+    wave: Set[Future] = set()  # long answers opened for a restart
+    restarts = _Restarts()
+
+    def budget() -> int:
+        if deadline is not None and time.monotonic() >= deadline:
+            return 0
+        return RESTART_WAVE if options.streams is None else max(0, options.streams - submitted)
+
+    def submit(scenario: Scenario, into: Set[Future]) -> None:
+        nonlocal submitted
+        prompt = f"demo question {submitted}: explain streaming #{rng.randrange(10**9)}"
+        into.add(pool.submit(run_scenario, scenario, server.base_url, prompt))
+        submitted += 1
+
+    with ThreadPoolExecutor(max_workers=options.concurrency + RESTART_WAVE, thread_name_prefix="demo") as pool:
         while not stop.is_set():
-            more = (options.streams is None or submitted < options.streams) and (
-                deadline is None or time.monotonic() < deadline
-            )
-            while more and len(running) < options.concurrency:
-                scenario = pick(rng)
-                prompt = f"demo question {submitted}: explain streaming #{rng.randrange(10**9)}"
-                running.add(pool.submit(run_scenario, scenario, server.base_url, prompt))
-                submitted += 1
-                more = (options.streams is None or submitted < options.streams) and (
-                    deadline is None or time.monotonic() < deadline
-                )
-            if not running:
+            while budget() and len(running) < options.concurrency:
+                submit(pick(rng), running)
+            if not running and not wave:
                 break
-            finished, running = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running | wave, timeout=restarts.wait_timeout(), return_when=FIRST_COMPLETED)
+            running -= finished
+            wave -= finished
             for _ in finished:
                 progress.advance()
                 completed += 1
-                if completed % _RESTART_EVERY == 0:
-                    server.cut_open_streams()  # a server restart: every open stream cut at once
+            if restarts.due(completed):
+                restarts.wave = min(RESTART_WAVE, budget())
+                for _ in range(restarts.wave):
+                    submit(LONG_ANSWER, wave)
+            restarts.cut_now(server)
+    return restarts.cuts
 
 
 def run_demo(options: DemoOptions, out: Callable[[str], None] = print) -> int:
@@ -141,14 +188,18 @@ def run_demo(options: DemoOptions, out: Callable[[str], None] = print) -> int:
             out(f"fault-injecting OpenAI-compatible server: {server.base_url}")
             if telemetry.prometheus_url:
                 out(f"Prometheus metrics: {telemetry.prometheus_url}")
+            restarts: List[int] = []
             try:
                 with _Progress(options.streams, options.duration, options.plain, snapshot) as progress:
-                    _drive(server, options, progress, stop)
+                    restarts = _drive(server, options, progress, stop)
             except KeyboardInterrupt:
                 stop.set()
                 out("interrupted: finishing the streams in flight, then the summary")
             out("")
             out(render_text(snapshot()))
+            if restarts:
+                out(f"simulated server restarts: {len(restarts)}, each cutting every open stream at once "
+                    f"({', '.join(map(str, restarts))} streams)")
             if options.hold and telemetry.prometheus_url:
                 out(f"holding: metrics stay at {telemetry.prometheus_url}; Ctrl-C to exit")
                 try:

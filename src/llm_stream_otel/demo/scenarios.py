@@ -27,6 +27,7 @@ class Scenario:
     style: str  # plain | app_retry | resilient_restart | resilient_continue
     is_async: bool = False
     max_retries: int = 0
+    timeout: Optional[float] = None  # the client's timeout (s); None: the SDK's default
 
 
 SCENARIOS: Tuple[Scenario, ...] = (
@@ -53,9 +54,17 @@ SCENARIOS: Tuple[Scenario, ...] = (
     # Why streams are cut (issue 13): the signatures `llm-stream-otel diagnose` names.
     Scenario("chat, proxy idle timeout", 4, "chat", "idle_cut;seconds=1.5", "plain"),
     Scenario("chat, 502 from a proxy", 2, "chat", "http_502", "plain"),
-    Scenario("chat, 504 from a proxy", 1, "chat", "http_504", "plain"),
+    Scenario("chat, 504 from a proxy", 2, "chat", "http_504", "plain"),
     Scenario("chat, stale keep-alive connection", 2, "chat", "stale_keepalive", "stale_pool"),
+    # The client's own read timeout (0.6 s) is below the model's 1.5 s silence.
+    Scenario("chat, client read timeout", 3, "chat", "stall;after=2;seconds=1.5", "plain", timeout=0.6),
 )
+
+#: A long answer (2.4 s of chunks), many at once: what a server restart cuts.
+#: The demo opens a wave of these before each restart (see run.py), so a
+#: restart cuts far more streams at once than the steady background of cuts.
+LONG_ANSWER = Scenario("chat, long answer cut by a restart, app retry loop", 0, "chat", "none;chunks=80;delay=0.03",
+                       "app_retry")
 
 _FAST_POLICY = dict(initial_backoff=0.05, max_backoff=0.4, max_attempts=4)
 
@@ -79,9 +88,16 @@ def _create(client: Any, endpoint: str) -> Callable[..., Any]:
     ].create
 
 
+def _client_options(scenario: Scenario) -> dict:
+    options: dict = dict(api_key="sk-demo-not-a-real-key", max_retries=scenario.max_retries)
+    if scenario.timeout is not None:
+        options["timeout"] = scenario.timeout
+    return options
+
+
 def run_sync(scenario: Scenario, base_url: str, prompt: str) -> str:
     """Run one logical call; return what the app experienced, in a few words."""
-    with openai.OpenAI(base_url=base_url, api_key="sk-demo-not-a-real-key", max_retries=scenario.max_retries) as client:
+    with openai.OpenAI(base_url=base_url, **_client_options(scenario)) as client:
         create = _create(client, scenario.endpoint)
         kwargs = _kwargs(scenario, prompt)
         if scenario.style.startswith("resilient"):
@@ -109,7 +125,7 @@ def run_sync(scenario: Scenario, base_url: str, prompt: str) -> str:
 
 
 async def run_async(scenario: Scenario, base_url: str, prompt: str) -> str:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-demo-not-a-real-key", max_retries=scenario.max_retries)
+    client = openai.AsyncOpenAI(base_url=base_url, **_client_options(scenario))
     try:
         create = _create(client, scenario.endpoint)
         kwargs = _kwargs(scenario, prompt)
