@@ -48,12 +48,22 @@ def _value(sample: Dict[str, Any]) -> float:
     return v if math.isfinite(v) else 0.0
 
 
+#: How far back the value at a window's start is looked for (Prometheus' own lookback).
+_LOOKBACK = "5m"
+
+
 def _growth(series: str, window: str) -> str:
     """How much each counter series grew over ``window``, exactly (no ``increase()`` extrapolation).
 
     A series born inside the window counts whole; a counter reset counts 0.
+    The value at the window's start is the last real sample before it
+    (``last_over_time``, which skips staleness markers): after a failed
+    scrape Prometheus marks every series of the target stale, and a plain
+    ``offset`` would then see the series as new and count its whole total
+    in the window after the gap (a loaded demo made "bursts" of 100 cuts so).
     """
-    return f"clamp_min({series} - {series} offset {window}, 0) or ({series} unless {series} offset {window})"
+    before = f"last_over_time({series}[{_LOOKBACK}] offset {window})"
+    return f"clamp_min({series} - {before}, 0) or ({series} unless {before})"
 
 
 class Reader:
