@@ -6,7 +6,9 @@ the Prometheus exporter) sends each signature: proxy idle cuts after 1.2 s
 retrying, client read timeouts (0.6 s against a 3 s ``hang``), stale pooled
 connections (``stale_keepalive``), 502/504 from "nginx".  Prometheus (the
 dashboards harness, 1 s scrapes) scrapes it; the installed ``llm-stream-otel
-diagnose`` must name each cause, in text and in JSON.
+diagnose`` must name each cause, in text and in JSON. After the traffic the
+script is frozen for 3 s (failed scrapes: Prometheus marks its series
+stale); that gap must not count anything twice.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ JOB = "diagnose-e2e"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     require_prometheus()
-    with scraped(tmp_path_factory.mktemp("prom"), Path(__file__).with_name("traffic.py"), JOB) as r:
+    # frozen: a gap of failed scrapes after the traffic; it must not count anything twice
+    with scraped(tmp_path_factory.mktemp("prom"), Path(__file__).with_name("traffic.py"), JOB, frozen=3.0) as r:
         yield r
 
 
@@ -54,6 +57,8 @@ def test_json_names_each_cause(run):
     assert causes["proxy_idle_timeout"]["details"] == {"silence_low_s": 1.0, "silence_high_s": 2.0}
     assert causes["http_502"]["details"]["intermediary"] == "nginx"
     assert causes["restart"]["streams"] >= 4 and 0 < causes["restart"]["details"]["fix_rate"] <= 1
+    # one restart, which cut 6 streams: the scrape gap after the traffic adds no burst
+    assert len(causes["restart"]["details"]["bursts"]) == 1 and causes["restart"]["streams"] <= 6, causes["restart"]
     assert causes["client_read_timeout"]["streams"] == 3 and causes["stale_connection"]["streams"] == 3
     assert server["cuts"] >= 5 and all(0 < f["share"] <= 1 for f in server["findings"])
 

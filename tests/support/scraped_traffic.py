@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,12 +43,22 @@ class ScriptTraffic(harness.Demo):
 
 
 @contextmanager
-def scraped(workdir: Path, script: Path, job: str, *args: str, timeout: float = 60) -> Iterator[harness.Run]:
-    """Prometheus scraping ``script`` until it holds and Prometheus has it all; yields the run."""
+def scraped(workdir: Path, script: Path, job: str, *args: str, timeout: float = 60,
+            frozen: float = 0.0) -> Iterator[harness.Run]:
+    """Prometheus scraping ``script`` until it holds and Prometheus has it all; yields the run.
+
+    ``frozen`` > 0: once the traffic is over, SIGSTOP the script for that long
+    (its scrapes time out, Prometheus marks its series stale), then SIGCONT:
+    the gap a loaded app or a slow network leaves in the data.
+    """
     traffic = ScriptTraffic(script, *args)
     with harness.Prometheus(workdir, target=f"127.0.0.1:{traffic.port}", job=job, rule_files=[]) as prometheus:
         with traffic:
             traffic.wait_holding(timeout=timeout)
+            if frozen and traffic.proc is not None:
+                traffic.proc.send_signal(signal.SIGSTOP)
+                time.sleep(frozen)
+                traffic.proc.send_signal(signal.SIGCONT)
             harness.wait_for_final_scrape(prometheus, traffic, job)
             yield harness.Run(prometheus, traffic, job, (traffic.started_at or time.time()) - 2, time.time(), 0.0)
 

@@ -158,7 +158,7 @@ def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop:
             for _ in finished:
                 progress.advance()
                 completed += 1
-            if restarts.due(completed):
+            if budget() and restarts.due(completed):  # no restart once the traffic is over
                 restarts.wave = min(RESTART_WAVE, budget())
                 for _ in range(restarts.wave):
                     submit(LONG_ANSWER, wave)
