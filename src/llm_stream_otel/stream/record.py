@@ -118,6 +118,10 @@ def annotate_span(
         attrs[t.GEN_AI_USAGE_INPUT_TOKENS] = monitor.input_tokens
     if monitor.output_tokens is not None:
         attrs[t.GEN_AI_USAGE_OUTPUT_TOKENS] = monitor.output_tokens
+    if monitor.reasoning_tokens is not None:
+        attrs[t.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = monitor.reasoning_tokens
+    if monitor.cached_input_tokens is not None:
+        attrs[t.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = monitor.cached_input_tokens
     if monitor.finish_reason_missing:
         attrs[t.FINISH_REASON_MISSING] = True
     if monitor.error_after_end:
