@@ -623,6 +623,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     with srv:
         print(f"fault server listening: {srv.base_url}", flush=True)
+        print(f"Gemini API (google-genai base_url): {srv.root_url}", flush=True)
         try:
             while True:
                 time.sleep(3600)
