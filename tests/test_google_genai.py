@@ -467,3 +467,25 @@ def test_opted_in_content_skips_thoughts():
         {"text": "thinking...", "thought": True}, {"text": "answer"}], "role": "model"}}]})
     read_generate_content_chunk(monitor, chunk)
     assert monitor.content == ["answer"]
+
+
+# --------------------------------------------------------------------------- the demo's Gemini traffic
+
+
+def test_the_demo_drives_gemini_traffic(instrumented, srv):
+    from llm_stream_otel.demo.scenarios import SCENARIOS, run_scenario
+
+    gemini = [s for s in SCENARIOS if s.endpoint == "gemini"]
+    assert gemini
+    results = {s.name: run_scenario(s, srv.base_url, unique_prompt(s.fault)) for s in gemini}
+    spans = instrumented.stream_spans()
+    providers = {s.attributes[t.GEN_AI_PROVIDER_NAME] for s in spans}
+    outcomes = {(s.attributes[t.OUTCOME], s.attributes.get(t.TRUNCATION_REASON)) for s in spans}
+    assert providers == {t.PROVIDER_GCP_GEMINI, t.PROVIDER_GCP_VERTEX_AI}
+    assert {(t.OUTCOME_COMPLETED, None), (t.OUTCOME_CONTENT_FILTER, None), (t.OUTCOME_TRUNCATED, t.REASON_MISSING_TERMINATOR),
+            (t.OUTCOME_TRUNCATED, t.REASON_CONNECTION_RESET), (t.OUTCOME_TRUNCATED, t.REASON_ERROR_EVENT),
+            (t.OUTCOME_TRUNCATED, t.REASON_INCOMPLETE_READ)} <= outcomes
+    assert results["gemini, 503 then ok (SDK retries)"] == "ok"
+    assert results["gemini, resilient helper, restart"] == "ok"
+    assert instrumented.total(t.METRIC_RETRIES, llm__stream__retry__layer="sdk") == 1
+    assert instrumented.total(t.METRIC_RETRIES, llm__stream__retry__layer="helper") == 1

@@ -16,13 +16,14 @@ from typing import Any, Callable, List, Optional, Tuple
 import openai
 
 from ..resilient import RetryPolicy, aresilient_stream, resilient_stream
+from . import gemini_scenarios
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     weight: float
-    endpoint: str  # chat | responses | completions
+    endpoint: str  # chat | responses | completions | gemini
     fault: str
     style: str  # plain | app_retry | resilient_restart | resilient_continue
     is_async: bool = False
@@ -56,6 +57,12 @@ SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("chat, 504 from a proxy", 1, "chat", "http_504", "plain"),
     Scenario("chat, stale keep-alive connection", 2, "chat", "stale_keepalive", "stale_pool"),
 )
+# Gemini traffic (issue 16), where google-genai is installed: endpoint "gemini".
+if gemini_scenarios.available():
+    SCENARIOS += tuple(
+        Scenario(name, weight, "gemini", fault, style, is_async, retries)
+        for name, weight, fault, style, is_async, retries in gemini_scenarios.SPECS
+    )
 
 _FAST_POLICY = dict(initial_backoff=0.05, max_backoff=0.4, max_attempts=4)
 
@@ -129,6 +136,10 @@ async def run_async(scenario: Scenario, base_url: str, prompt: str) -> str:
 
 
 def run_scenario(scenario: Scenario, base_url: str, prompt: str) -> str:
+    if scenario.endpoint == "gemini":
+        return gemini_scenarios.run_gemini(
+            scenario.fault, scenario.style, scenario.is_async, scenario.max_retries, base_url, prompt
+        )
     if scenario.is_async:
         return asyncio.run(run_async(scenario, base_url, prompt))
     return run_sync(scenario, base_url, prompt)
