@@ -489,3 +489,13 @@ def test_the_demo_drives_gemini_traffic(instrumented, srv):
     assert results["gemini, resilient helper, restart"] == "ok"
     assert instrumented.total(t.METRIC_RETRIES, llm__stream__retry__layer="sdk") == 1
     assert instrumented.total(t.METRIC_RETRIES, llm__stream__retry__layer="helper") == 1
+
+
+def test_a_cut_streams_usage_so_far_is_recorded_without_error_type(instrumented, make_client, srv):
+    """Gemini's running usage survives a cut; semconv's token usage metric carries no error.type."""
+    consume(make_client(srv, "reset_between;after=2"), unique_prompt("cut-usage"))
+    assert instrumented.span().attributes[t.GEN_AI_USAGE_INPUT_TOKENS] == PROMPT_TOKENS
+    sets = instrumented.attribute_sets(t.METRIC_TOKEN_USAGE)
+    assert sorted(s[t.GEN_AI_TOKEN_TYPE] for s in sets) == ["input", "output"]
+    assert all(t.ERROR_TYPE not in s for s in sets)
+    assert any(t.ERROR_TYPE in s for s in instrumented.attribute_sets(t.METRIC_DURATION))
