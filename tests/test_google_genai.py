@@ -499,3 +499,20 @@ def test_a_cut_streams_usage_so_far_is_recorded_without_error_type(instrumented,
     assert sorted(s[t.GEN_AI_TOKEN_TYPE] for s in sets) == ["input", "output"]
     assert all(t.ERROR_TYPE not in s for s in sets)
     assert any(t.ERROR_TYPE in s for s in instrumented.attribute_sets(t.METRIC_DURATION))
+
+
+def test_a_connect_error_is_failed(instrumented):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=f"http://127.0.0.1:{port}/", timeout=2_000))
+    try:
+        chunks, exc = consume(client, unique_prompt("refused"))
+    finally:
+        client.close()
+    assert chunks == [] and exc is not None
+    attrs = instrumented.span().attributes
+    assert attrs[t.OUTCOME] == t.OUTCOME_FAILED and t.TRUNCATION_REASON not in attrs
+    assert attrs[t.ERROR_CAUSE] == "ConnectionRefusedError"
