@@ -473,9 +473,10 @@ def test_opted_in_content_skips_thoughts():
 
 
 def test_the_demo_drives_gemini_traffic(instrumented, srv):
-    from llm_stream_otel.demo.scenarios import SCENARIOS, run_scenario
+    from llm_stream_otel.demo.scenarios import GEMINI_SCENARIOS, SCENARIOS, run_scenario
 
-    gemini = [s for s in SCENARIOS if s.endpoint == "gemini"]
+    assert not [s for s in SCENARIOS if s.endpoint == "gemini"]  # the default demo: openai only
+    gemini = list(GEMINI_SCENARIOS)
     assert gemini
     results = {s.name: run_scenario(s, srv.base_url, unique_prompt(s.fault)) for s in gemini}
     spans = instrumented.stream_spans()
@@ -516,3 +517,14 @@ def test_a_connect_error_is_failed(instrumented):
     attrs = instrumented.span().attributes
     assert attrs[t.OUTCOME] == t.OUTCOME_FAILED and t.TRUNCATION_REASON not in attrs
     assert attrs[t.ERROR_CAUSE] == "ConnectionRefusedError"
+
+
+def test_demo_with_gemini_runs():
+    from llm_stream_otel.demo.run import DemoOptions, run_demo
+
+    lines: List[str] = []
+    assert run_demo(DemoOptions(streams=10, gemini=True, prometheus_port=0, plain=True, seed=4, chunk_delay=0.0),
+                    out=lines.append) == 0
+    text = "\n".join(lines)
+    streams = int(next(line.split()[-1] for line in text.splitlines() if line.startswith("streams")))
+    assert streams >= 10 and "demo-not-a-real-key" not in text

@@ -1,7 +1,7 @@
 """The demo's Gemini traffic: the real ``google-genai`` client against the fault server's Gemini API.
 
-Present only where ``google-genai`` is installed (``llm-stream-otel[google-genai]``):
-healthy streams (Gemini Developer API and Vertex AI, sync and async), a silent
+``llm-stream-otel demo --gemini`` mixes these in (``google-genai`` must be installed:
+``llm-stream-otel[google-genai]``): healthy streams (Gemini Developer API and Vertex AI, sync and async), a silent
 truncation (no ``finishReason``), a reset, an error object in the stream, a
 blocked prompt, a 503 the SDK's ``HttpRetryOptions`` retry, and the resilient
 helper. Nothing here imports ``scenarios`` (which joins these to its own).
@@ -16,6 +16,7 @@ from typing import Any, Tuple
 from ..resilient import RetryPolicy, resilient_stream
 
 MODEL = "gemini-demo-flash"
+VERTEX_MODEL = "gemini-demo-pro"  # its own model: one provider per model/server pair
 API_KEY = "demo-not-a-real-key"
 
 # (name, weight, fault, style, is_async, sdk retries)
@@ -62,15 +63,16 @@ def _client(base_url: str, fault: str, vertex: bool, retries: int) -> Any:
 def run_gemini(fault: str, style: str, is_async: bool, retries: int, base_url: str, prompt: str) -> str:
     """One logical call; what the app experienced, in a few words."""
     client = _client(base_url, fault, style == "vertex", retries)
+    model = VERTEX_MODEL if style == "vertex" else MODEL
     try:
         if is_async:
-            return asyncio.run(_run_async(client, prompt))
+            return asyncio.run(_run_async(client, model, prompt))
         if style == "resilient_restart":
             policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.4, max_attempts=4)
-            for _ in resilient_stream(client.models.generate_content_stream, policy=policy, model=MODEL, contents=prompt):
+            for _ in resilient_stream(client.models.generate_content_stream, policy=policy, model=model, contents=prompt):
                 pass
         else:
-            for _ in client.models.generate_content_stream(model=MODEL, contents=prompt):
+            for _ in client.models.generate_content_stream(model=model, contents=prompt):
                 pass
         return "ok"
     except Exception as exc:  # noqa: BLE001 - the demo reports, never crashes
@@ -79,9 +81,9 @@ def run_gemini(fault: str, style: str, is_async: bool, retries: int, base_url: s
         client.close()
 
 
-async def _run_async(client: Any, prompt: str) -> str:
+async def _run_async(client: Any, model: str, prompt: str) -> str:
     try:
-        async for _ in await client.aio.models.generate_content_stream(model=MODEL, contents=prompt):
+        async for _ in await client.aio.models.generate_content_stream(model=model, contents=prompt):
             pass
         return "ok"
     except Exception as exc:  # noqa: BLE001

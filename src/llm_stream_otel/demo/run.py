@@ -18,7 +18,8 @@ from typing import Callable, Optional, Set
 from ..instrumentor import LLMStreamInstrumentor
 from .fault_server import FaultServer
 from .otel_setup import DemoTelemetry, PortBusyError, setup
-from .scenarios import pick, run_scenario
+from . import gemini_scenarios
+from .scenarios import GEMINI_SCENARIOS, SCENARIOS, pick, run_scenario
 from .summary import Summary, render_text, summarize, summary_rows
 
 
@@ -34,6 +35,7 @@ class DemoOptions:
     chunk_delay: float = 0.03
     hold: bool = False
     plain: bool = False
+    gemini: bool = False  # add Gemini / Vertex AI traffic (google-genai)
 
 
 class _Progress:
@@ -93,6 +95,7 @@ _RESTART_EVERY = 60  # completed calls between two simulated server restarts
 
 def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop: threading.Event) -> None:
     rng = random.Random(options.seed)
+    mix = list(SCENARIOS) + (list(GEMINI_SCENARIOS) if options.gemini else [])
     deadline = time.monotonic() + options.duration if options.duration else None
     submitted = completed = 0
     running: Set[Future] = set()
@@ -102,7 +105,7 @@ def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop:
                 deadline is None or time.monotonic() < deadline
             )
             while more and len(running) < options.concurrency:
-                scenario = pick(rng)
+                scenario = pick(rng, mix)
                 prompt = f"demo question {submitted}: explain streaming #{rng.randrange(10**9)}"
                 running.add(pool.submit(run_scenario, scenario, server.base_url, prompt))
                 submitted += 1
@@ -120,6 +123,9 @@ def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop:
 
 
 def run_demo(options: DemoOptions, out: Callable[[str], None] = print) -> int:
+    if options.gemini and not gemini_scenarios.available():
+        out('error: --gemini needs google-genai: pip install "llm-stream-otel[google-genai]"')
+        return 2
     try:
         telemetry: DemoTelemetry = setup("llm-stream-otel-demo", options.prometheus_port, options.console)
     except PortBusyError as exc:

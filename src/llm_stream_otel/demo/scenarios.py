@@ -57,12 +57,11 @@ SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("chat, 504 from a proxy", 1, "chat", "http_504", "plain"),
     Scenario("chat, stale keep-alive connection", 2, "chat", "stale_keepalive", "stale_pool"),
 )
-# Gemini traffic (issue 16), where google-genai is installed: endpoint "gemini".
-if gemini_scenarios.available():
-    SCENARIOS += tuple(
-        Scenario(name, weight, "gemini", fault, style, is_async, retries)
-        for name, weight, fault, style, is_async, retries in gemini_scenarios.SPECS
-    )
+# Gemini and Vertex AI traffic (``demo --gemini``; needs google-genai): endpoint "gemini".
+GEMINI_SCENARIOS: Tuple[Scenario, ...] = tuple(
+    Scenario(name, weight, "gemini", fault, style, is_async, retries)
+    for name, weight, fault, style, is_async, retries in gemini_scenarios.SPECS
+)
 
 _FAST_POLICY = dict(initial_backoff=0.05, max_backoff=0.4, max_attempts=4)
 
