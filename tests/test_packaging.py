@@ -75,12 +75,13 @@ WHEEL_MODULES = {
     "": {"__init__", "version", "semconv", "series", "config", "guard", "instrumentor", "resilient",
          "bundled", "cli", "doctor"},
     "stream": {"__init__", "monitor", "outcome", "call", "record", "proxy", "telemetry", "wrapper",
-               "http_facts", "connections", "handoff", "exit_hook"},
+               "http_facts", "connections", "handoff", "exit_hook", "first_pull"},
     "metrics": {"__init__", "instruments", "histogram_merge", "cardinality"},
     "retries": {"__init__", "attempts", "fingerprint", "scope"},
     "providers": {"__init__", "base"},
     "providers/openai": {"__init__", "patches", "request", "chunks", "wire", "include_usage", "sdk_retries"},
-    "demo": {"__init__", "fault_server", "fault_plan", "run", "phases", "scenarios", "summary", "otel_setup"},
+    "demo": {"__init__", "fault_server", "fault_plan", "run", "phases", "scenarios", "summary", "otel_setup",
+             "gemini_events", "gemini_scenarios"},
     "diagnose": {"__init__", "command", "prometheus", "render", "rules"},
 }
 

@@ -12,6 +12,7 @@ _EXAMPLES_DEMO = """examples:
   llm-stream-otel demo                          # 100 logical calls, live table, summary
   llm-stream-otel demo --duration 120 --hold    # 2 minutes, then keep /metrics up for Prometheus
   llm-stream-otel demo --console --streams 5    # print every span
+  llm-stream-otel demo --gemini                 # Gemini and Vertex AI traffic too (google-genai)
   OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 llm-stream-otel demo   # feed deploy/ stack
 """
 _EXAMPLES_SERVER = """examples:
@@ -34,6 +35,10 @@ A request's fault comes from its X-Fault header ('name;key=value;...'), else
   stall               pause `seconds` (default 1) after `after` chunks, then finish
   hang                send nothing more for `seconds` (default 30) after `after` chunks
   http_500, http_429, http_503   that HTTP status instead of a stream
+  prompt_blocked      Gemini API only: one chunk with promptFeedback.blockReason
+Paths: the OpenAI API under /v1, and the Gemini API's
+  /{version}/[projects/P/locations/L/publishers/google/]models/M:streamGenerateContent
+  (google-genai: http_options base_url = the server root)
 Keys:
   chunks=N            content chunks in the answer (default --chunks)
   delay=S             seconds between chunks (default --chunk-delay)
@@ -133,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--stall-threshold", type=_SECONDS, default=1.0, help="seconds between chunks that count as a stall (default 1)")
     demo.add_argument("--hold", action="store_true", help="after the traffic, keep /metrics up until Ctrl-C")
     demo.add_argument("--plain", action="store_true", help="no live table (for logs and CI)")
+    demo.add_argument("--gemini", action="store_true",
+                      help="add Gemini and Vertex AI traffic through google-genai (llm-stream-otel[google-genai])")
 
     server = commands.add_parser("fault-server", help="run the fault-injecting OpenAI-compatible server", epilog=_EXAMPLES_SERVER, formatter_class=fmt)
     from .demo.fault_server import add_arguments
@@ -231,6 +238,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 stall_threshold=args.stall_threshold,
                 hold=args.hold,
                 plain=args.plain or not sys.stdout.isatty(),
+                gemini=args.gemini,
             )
         )
     if args.command == "fault-server":

@@ -22,6 +22,8 @@ from .config import (
 _PACKAGES = (
     "llm-stream-otel",
     "openai",
+    "google-genai",
+    "aiohttp",
     "httpx",
     "httpx2",
     "opentelemetry-api",

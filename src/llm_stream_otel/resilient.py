@@ -4,6 +4,8 @@ exponential backoff), done properly and instrumented.
     from .resilient import resilient_stream
     for chunk in resilient_stream(client.chat.completions.create, model=..., messages=...):
         ...
+    for chunk in resilient_stream(client.models.generate_content_stream, model=..., contents=...):
+        ...
 
 - Retries only transient cuts (reset, incomplete read, read timeout, error
   event, missing terminator) and requests that failed with a connection
@@ -11,6 +13,9 @@ exponential backoff), done properly and instrumented.
   ``content_filter`` or another 4xx.
 - Exponential backoff with jitter, a maximum number of attempts and a total
   deadline.
+- Works for each provider's streaming method (``providers.provider_for``
+  picks the SDK's rules: how to ask for a stream, how to read its chunks,
+  its finish reasons and errors; openai's where none claims it).
 - ``mode="restart"`` starts a fresh stream (``on_restart`` tells the UI to
   discard what it showed); ``mode="continue"`` (chat completions) asks the
   model to continue from the partial text already delivered, so the
@@ -38,7 +43,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import semconv as t
-from .providers.openai.chunks import read_choices_chunk, read_response_event
+from .providers import provider_for
+from .providers.base import Provider
+from .providers.openai import OpenAIProvider
 from .stream.monitor import StreamMonitor
 from .stream.telemetry import active_telemetry
 from .retries.attempts import chain_override
@@ -85,14 +92,15 @@ class RetryPolicy:
         return delay * rng.uniform(0.5, 1.0) if self.jitter else delay
 
 
-def _retryable_request_failure(exc: BaseException) -> bool:
-    status = getattr(exc, "status_code", None)
+_CONNECT_NAMES = frozenset({"APIConnectionError", "APITimeoutError", "ConnectError", "ConnectTimeout", "ClientConnectorError"})
+
+
+def _retryable_request_failure(exc: BaseException, provider: Provider) -> bool:
+    status = provider.http_status(exc)
     if isinstance(status, int):
         return status >= 500 or status in _RETRYABLE_STATUS
     names = {klass.__name__ for klass in type(exc).__mro__}
-    return bool(names & {"APIConnectionError", "APITimeoutError", "ConnectError", "ConnectTimeout"}) or isinstance(
-        exc, (ConnectionError, TimeoutError)
-    )
+    return bool(names & _CONNECT_NAMES) or isinstance(exc, (ConnectionError, TimeoutError))
 
 
 class ResilientRun:
@@ -111,8 +119,8 @@ class ResilientRun:
             raise ValueError("mode must be 'restart' or 'continue'")
         if policy.mode == "continue" and "messages" not in kwargs:
             raise ValueError("mode='continue' needs chat completions (a 'messages' argument)")
-        kwargs = dict(kwargs)
-        kwargs["stream"] = True
+        self.provider: Provider = provider_for(create) or OpenAIProvider()
+        kwargs = self.provider.stream_request(kwargs)
         self.create = create
         self.kwargs = kwargs
         self.policy = policy
@@ -124,7 +132,7 @@ class ResilientRun:
         self.delays: List[float] = []
         self.delivered: List[str] = []
         self.monitor: Optional[StreamMonitor] = None
-        self._reader = read_response_event if "input" in kwargs and "messages" not in kwargs else read_choices_chunk
+        self._reader = self.provider.reader(self.provider.kind_for(kwargs))
         self.span: Any = trace.INVALID_SPAN  # started by the first attempt: a helper never iterated has none
         self._ended = False
 
@@ -138,7 +146,9 @@ class ResilientRun:
         if self.attempt == 0:
             self._start_span()
         self.attempt += 1
-        self.monitor = StreamMonitor(time.perf_counter(), float("inf"), reader=self._reader)
+        provider = self.provider
+        self.monitor = StreamMonitor(time.perf_counter(), float("inf"), reader=self._reader,
+                                     finish_outcomes=provider.finish_outcomes, is_error_event=provider.is_error_event)
         if self.policy.mode == "continue" and self.delivered:
             partial = "".join(self.delivered)
             messages = list(self.kwargs["messages"]) + [
@@ -176,14 +186,15 @@ class ResilientRun:
         monitor = self.monitor
         assert monitor is not None
         now = time.perf_counter()
-        if monitor.chunks == 0 and not _retryable_request_failure(exc) and not isinstance(exc, StopIteration):
+        retryable_failure = _retryable_request_failure(exc, self.provider)
+        if monitor.chunks == 0 and not retryable_failure and not isinstance(exc, StopIteration):
             monitor.fail_request(now, exc)
             reason = "request_failed"
             retryable = False
         else:
             monitor.fail_stream(now, exc)
             reason = monitor.reason or t.REASON_OTHER
-            retryable = reason in TRANSIENT_REASONS or (monitor.chunks == 0 and _retryable_request_failure(exc))
+            retryable = reason in TRANSIENT_REASONS or (monitor.chunks == 0 and retryable_failure)
         delay = self._retry_or_give_up(reason, exc) if retryable else None
         if delay is None:
             self.finish(exc)
@@ -258,6 +269,15 @@ def _close_quietly(stream: Any) -> Any:
     return close() if callable(close) else None
 
 
+async def _aclose_quietly(stream: Any) -> None:
+    """openai's ``AsyncStream`` closes with ``close()``, an async generator (google-genai's) with
+    ``aclose()``; the SDK object's own method decides (our proxy forwards both)."""
+    inner = getattr(stream, "__wrapped__", stream)
+    close = getattr(stream, "close" if callable(getattr(inner, "close", None)) else "aclose", None)
+    if callable(close):
+        await close()
+
+
 def resilient_stream(
     create: Callable[..., Any],
     *,
@@ -297,7 +317,7 @@ def _sync_loop(run: ResilientRun) -> Iterator[Any]:
 
 
 def aresilient_stream(create: Callable[..., Any], **options: Any) -> AsyncIterator[Any]:
-    """Async twin of ``resilient_stream`` for ``AsyncOpenAI`` clients (same arguments)."""
+    """Async twin of ``resilient_stream`` (``AsyncOpenAI``, ``client.aio.models``; same arguments)."""
     policy = options.pop("policy", None)
     on_restart = options.pop("on_restart", None)
     return _async_loop(ResilientRun(create, options, policy or RetryPolicy(), on_restart))
@@ -324,6 +344,6 @@ async def _async_loop(run: ResilientRun) -> AsyncIterator[Any]:
         # Also on cancellation (CancelledError is no Exception).
         try:
             if stream is not None:
-                await _close_quietly(stream)
+                await _aclose_quietly(stream)
         finally:
             run.abandon()

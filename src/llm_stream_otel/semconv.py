@@ -35,6 +35,12 @@ GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK = getattr(
 )
 GEN_AI_USAGE_INPUT_TOKENS = _gen_ai.GEN_AI_USAGE_INPUT_TOKENS
 GEN_AI_USAGE_OUTPUT_TOKENS = _gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS = getattr(
+    _gen_ai, "GEN_AI_USAGE_REASONING_OUTPUT_TOKENS", "gen_ai.usage.reasoning.output_tokens"
+)
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS = getattr(
+    _gen_ai, "GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS", "gen_ai.usage.cache_read.input_tokens"
+)
 GEN_AI_TOKEN_TYPE = _gen_ai.GEN_AI_TOKEN_TYPE
 SERVER_ADDRESS = _server.SERVER_ADDRESS
 SERVER_PORT = _server.SERVER_PORT
@@ -44,6 +50,10 @@ ERROR_TYPE_OTHER = "_OTHER"
 PROVIDER_OPENAI = "openai"
 OPERATION_CHAT = "chat"
 OPERATION_TEXT_COMPLETION = "text_completion"
+# google-genai: the Gemini Developer API and Vertex AI clients
+PROVIDER_GCP_GEMINI = "gcp.gemini"
+PROVIDER_GCP_VERTEX_AI = "gcp.vertex_ai"
+OPERATION_GENERATE_CONTENT = "generate_content"
 
 # --- llm.stream.* attribute keys (semconv has no names for these) ------------
 OUTCOME = "llm.stream.outcome"

@@ -4,6 +4,12 @@ Nothing in here touches a socket or the clock (timestamps and ids are passed in)
 so every fault's byte-level behaviour can be unit-tested without a network, and
 the socket layer in :mod:`fault_server` stays a dumb executor of a plan.
 
+Each wire protocol the server speaks is an :class:`Api` (how to read its
+requests, which event builder answers them, what its HTTP errors look like);
+:class:`Routes` is the dispatch table from request paths to them. The OpenAI
+endpoints are defined here (:data:`OPENAI_ROUTES`); other protocols live in
+their own modules (e.g. :mod:`gemini_events`) and the server joins the tables.
+
 A *plan* is a list of :class:`Action` objects (emit an SSE event, pause, cut the
 connection mid-event, reset, end the chunked body) or a single
 :class:`PlainResponse` for non-streaming replies.
@@ -14,11 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Pattern, Protocol, Sequence, Tuple, Union
 
 __all__ = [
     "FAULT_NAMES",
     "STREAM_PATHS",
+    "OPENAI",
+    "OPENAI_ROUTES",
+    "Api",
+    "EventBuilder",
+    "Routes",
     "Fault",
     "FaultSpecError",
     "FaultSettings",
@@ -63,6 +74,7 @@ FAULT_NAMES = frozenset(
         "stale_keepalive",
         "http_502",
         "http_504",
+        "prompt_blocked",
     }
 )
 _KNOWN_KEYS = frozenset({"chunks", "delay", "first_delay", "after", "first", "usage", "seconds", "retry_after_ms"})
@@ -734,8 +746,7 @@ def _retry_headers(st: FaultSettings, status: int) -> Tuple[Tuple[str, str], ...
     return tuple(headers)
 
 
-def _http_fault(st: FaultSettings) -> PlainResponse:
-    status = _HTTP_FAULTS[st.name]
+def _http_fault(st: FaultSettings, status: int) -> PlainResponse:
     if status == 429:
         body = error_body("Rate limit reached (injected by fault server).", "requests", "rate_limit_exceeded")
     elif status == 503:
@@ -743,6 +754,11 @@ def _http_fault(st: FaultSettings) -> PlainResponse:
     else:
         body = error_body("The server had an error (injected by fault server).", "server_error", None)
     return PlainResponse(status, body, _retry_headers(st, status))
+
+
+def _stream_error_reply() -> PlainResponse:
+    """What a non-streaming request gets for ``error_event`` / ``response_failed``."""
+    return PlainResponse(500, error_body("Injected stream error.", "server_error", "server_error"))
 
 
 def _gateway_fault(st: FaultSettings) -> PlainResponse:
@@ -753,10 +769,7 @@ def _gateway_fault(st: FaultSettings) -> PlainResponse:
     return PlainResponse(status, {}, (("server", "nginx"),) + _retry_headers(st, status), pause=st.first_delay, html=page)
 
 
-def _builder(info: RequestInfo, ids: _Ids, st: FaultSettings) -> Union[_ChatLike, _Responses]:
-    pieces = answer_for(info.prompt_text, st.chunks)
-    if info.partial:
-        pieces = _remaining_pieces(pieces, info.partial) or []
+def _openai_builder(info: RequestInfo, ids: _Ids, st: FaultSettings, pieces: Sequence[str]) -> Union[_ChatLike, _Responses]:
     cls = _Responses if info.path == RESPONSES_PATH else _ChatLike
     return cls(info, ids, st, pieces)
 
@@ -766,34 +779,119 @@ def _check_endpoint(info: RequestInfo, st: FaultSettings) -> None:
         raise FaultSpecError("fault response_failed only applies to /v1/responses")
     if st.name == "tool_calls" and info.path == COMPLETIONS_PATH:
         raise FaultSpecError("fault tool_calls does not apply to /v1/completions")
+    if st.name == "prompt_blocked":
+        raise FaultSpecError("fault prompt_blocked only applies to the Gemini API")
 
 
-def _plain_plan(st: FaultSettings, b: Union[_ChatLike, _Responses]) -> Plan:
+# --------------------------------------------------------------------------- the APIs the server speaks
+
+
+class EventBuilder(Protocol):
+    """The events of one answer, in order; the plan decides which are sent and how."""
+
+    @property
+    def n_steps(self) -> int: ...
+
+    def preamble(self) -> List[bytes]: ...
+
+    def step(self, i: int) -> List[bytes]: ...
+
+    def finish(self, reason: str) -> List[bytes]: ...
+
+    def error_event(self, message: str) -> bytes: ...
+
+    def failed(self, message: str) -> List[bytes]: ...
+
+    def whole(self, reason: str) -> Dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Api:
+    """One wire protocol: how to read its requests and build its answers.
+
+    ``builder(info, ids, settings, pieces)`` returns an event builder with the
+    interface of :class:`_ChatLike` (``preamble``/``step``/``finish``/
+    ``error_event``/``failed``/``whole``/``n_steps``), so every fault works for
+    every API through the same :func:`build_plan`.
+    """
+
+    name: str
+    request_info: Callable[[str, Mapping[str, Any], int], RequestInfo]
+    prompt_key: Callable[[str, Optional[Mapping[str, Any]], int], str]
+    builder: Callable[[RequestInfo, _Ids, FaultSettings, Sequence[str]], EventBuilder]
+    http_error: Callable[[FaultSettings, int], PlainResponse]  # an injected 429/500/503 before any body
+    stream_error_reply: Callable[[], PlainResponse]  # a non-streaming request's error_event
+    check: Callable[[RequestInfo, FaultSettings], None]  # raises FaultSpecError for faults it cannot honour
+
+
+OPENAI = Api("openai", request_info, prompt_key, _openai_builder, _http_fault, _stream_error_reply, _check_endpoint)
+Route = Tuple[Union[str, Pattern[str]], Api]
+OPENAI_ROUTES: Tuple[Route, ...] = tuple((path, OPENAI) for path in STREAM_PATHS)
+
+
+class Routes:
+    """The dispatch table from a request path (no query) to its :class:`Api`.
+
+    A route is an exact path or a compiled pattern (for APIs that put the model
+    in the path); exact paths are looked up first, then patterns in order.
+    """
+
+    def __init__(self, *tables: Sequence[Route]) -> None:
+        self._exact: Dict[str, Api] = {}
+        self._patterns: List[Tuple[Pattern[str], Api]] = []
+        for table in tables:
+            for route, api in table:
+                if isinstance(route, str):
+                    self._exact[route] = api
+                else:
+                    self._patterns.append((route, api))
+
+    def match(self, path: str) -> Optional[Api]:
+        api = self._exact.get(path)
+        if api is not None:
+            return api
+        for pattern, candidate in self._patterns:
+            if pattern.fullmatch(path):
+                return candidate
+        return None
+
+
+# --------------------------------------------------------------------------- planning (continued)
+
+
+def _builder(api: Api, info: RequestInfo, ids: _Ids, st: FaultSettings) -> EventBuilder:
+    pieces = answer_for(info.prompt_text, st.chunks)
+    if info.partial:
+        pieces = _remaining_pieces(pieces, info.partial) or []
+    return api.builder(info, ids, st, pieces)
+
+
+def _plain_plan(api: Api, st: FaultSettings, b: EventBuilder) -> Plan:
     """Non-streaming: transport faults truncate the JSON body, timing faults delay it."""
     name = st.name
     reason = _FINISH_FAULTS.get(name, "stop")
     if name in ("error_event", "response_failed"):
-        return Plan(plain=PlainResponse(500, error_body("Injected stream error.", "server_error", "server_error")))
+        return Plan(plain=api.stream_error_reply())
     pause = st.seconds if name in ("stall", "hang") else 0.0
     truncate = {"reset_mid_chunk": "rst", "reset_between": "rst", "cut_mid_chunk": "fin",
                 "missing_terminator": "fin"}.get(name)
     return Plan(plain=PlainResponse(200, b.whole(reason), pause=pause + st.first_delay, truncate=truncate))
 
 
-def build_plan(info: RequestInfo, st: FaultSettings, token: str, created: int) -> Plan:
+def build_plan(info: RequestInfo, st: FaultSettings, token: str, created: int, api: Api = OPENAI) -> Plan:
     """Turn a request + resolved fault into what the socket layer must do."""
     if st.name in _HTTP_FAULTS:
-        return Plan(plain=_http_fault(st))
+        return Plan(plain=api.http_error(st, _HTTP_FAULTS[st.name]))
     if st.name in _GATEWAY_FAULTS:
         return Plan(plain=_gateway_fault(st))
-    _check_endpoint(info, st)
-    b = _builder(info, _Ids(token, created), st)
+    api.check(info, st)
+    b = _builder(api, info, _Ids(token, created), st)
     if not info.stream:
-        return _plain_plan(st, b)
+        return _plain_plan(api, st, b)
     return Plan(actions=_stream_actions(st, b))
 
 
-_Builder = Union[_ChatLike, _Responses]
+_Builder = EventBuilder
 _ERROR_MESSAGE = "The stream was interrupted (injected by fault server)."
 
 

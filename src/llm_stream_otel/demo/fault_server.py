@@ -1,4 +1,4 @@
-"""Embedded OpenAI-compatible SSE server that injects REAL transport faults.
+"""Embedded OpenAI- and Gemini-compatible SSE server that injects REAL transport faults.
 
 Mocks at the HTTP-client layer cannot reproduce what breaks in production: a TCP
 RST in the middle of a chunked frame, a FIN before the terminating chunk, a
@@ -23,6 +23,11 @@ Chat "continue" requests (an assistant message holding a prefix of the canonical
 answer, then a final user turn) get only the missing pieces. The canonical answer
 depends on ``chunks``, so the continuation must use the same chunk count (same
 ``X-Fault`` header or server default) as the request that was cut.
+
+Paths: the OpenAI endpoints (``base_url``) and the Gemini API's
+``models/{model}:streamGenerateContent`` in its Developer API and Vertex AI
+shapes (``root_url``; see :mod:`gemini_events`); :data:`ROUTES` maps each path
+to the :class:`fault_plan.Api` that answers it.
 
 Run standalone: ``python -m llm_stream_otel.demo.fault_server --fault reset_mid_chunk``.
 """
@@ -52,8 +57,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = termios = None  # type: ignore[assignment]
 
 from .fault_plan import (
-    STREAM_PATHS,
+    OPENAI_ROUTES,
     Action,
+    Api,
     CutMidEvent,
     Emit,
     End,
@@ -63,15 +69,15 @@ from .fault_plan import (
     Pause,
     PlainResponse,
     Reset,
+    Routes,
     answer_for,
     apply_first,
     build_plan,
     error_body,
     parse_mix,
-    prompt_key,
-    request_info,
     resolve_settings,
 )
+from .gemini_events import GEMINI_ROUTES
 
 __all__ = ["FaultServer", "Fault", "RecordedRequest", "answer_for", "add_arguments", "run_from_args", "main"]
 
@@ -94,6 +100,8 @@ _FLUSH_GRACE = 0.02  # let written bytes reach the peer before an abortive close
 # RST, wait (at most this long) until the peer's kernel has every byte we wrote.
 _DELIVERY_TIMEOUT = 10.0
 _TIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if termios is not None else None
+# Every path the server answers, and the API that speaks it.
+ROUTES = Routes(OPENAI_ROUTES, GEMINI_ROUTES)
 
 
 @dataclass
@@ -261,7 +269,7 @@ def _fin(sock: socket.socket) -> None:
 
 
 class FaultServer:
-    """OpenAI-compatible streaming server on a daemon thread; see the module docstring."""
+    """OpenAI/Gemini-compatible streaming server on a daemon thread; see the module docstring."""
 
     def __init__(
         self,
@@ -359,6 +367,11 @@ class FaultServer:
         return f"http://{self.host}:{self.port}/v1"
 
     @property
+    def root_url(self) -> str:
+        """The server root, for SDKs that add the API version themselves (google-genai)."""
+        return f"http://{self.host}:{self.port}/"
+
+    @property
     def requests(self) -> List[RecordedRequest]:
         """Recorded requests in arrival order (live list)."""
         return self._requests
@@ -417,7 +430,8 @@ class FaultServer:
     def _respond(self, conn: socket.socket, req: _HttpRequest) -> bool:
         """Answer one request; returns False once the connection must not be reused."""
         body = _parse_json(req.raw_body)
-        if req.path not in STREAM_PATHS:
+        api = ROUTES.match(req.path)
+        if api is None:
             self._record(req, body, None)
             return self._send_plain(conn, PlainResponse(404, error_body(f"Unknown path {req.path}", code="not_found")))
         if req.method != "POST" or not isinstance(body, dict):
@@ -428,9 +442,10 @@ class FaultServer:
             if req.headers.get(header):
                 return self._respond_planned(conn, req, body, planner, req.headers[header])
         try:
-            fault = self._choose_fault(req, body)
+            fault = self._choose_fault(req, body, api)
             settings = resolve_settings(fault, self.chunks, self.chunk_delay)
-            plan = build_plan(request_info(req.path, body, settings.chunks), settings, uuid.uuid4().hex, int(time.time()))
+            info = api.request_info(req.path, body, settings.chunks)
+            plan = build_plan(info, settings, uuid.uuid4().hex, int(time.time()), api)
         except FaultSpecError as exc:
             self._record(req, body, None)
             return self._send_plain(conn, PlainResponse(400, error_body(str(exc), code="invalid_fault")))
@@ -455,7 +470,7 @@ class FaultServer:
             return self._send_plain(conn, plan.plain, extra)
         return self._send_stream(conn, plan.actions, extra)
 
-    def _choose_fault(self, req: _HttpRequest, body: Dict[str, Any]) -> Fault:
+    def _choose_fault(self, req: _HttpRequest, body: Dict[str, Any], api: Api) -> Fault:
         """X-Fault header > weighted mix > default, then the per-prompt ``first=K`` rule."""
         header = req.headers.get("x-fault")
         if header:
@@ -466,7 +481,7 @@ class FaultServer:
         else:
             fault = self.default_fault
         chunks = resolve_settings(fault, self.chunks, self.chunk_delay).chunks
-        key = prompt_key(req.path, body, chunks)
+        key = api.prompt_key(req.path, body, chunks)
         with self._lock:
             attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
         return apply_first(fault, attempt)
@@ -614,6 +629,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     with srv:
         print(f"fault server listening: {srv.base_url}", flush=True)
+        print(f"Gemini API (google-genai base_url): {srv.root_url}", flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -18,7 +18,8 @@ from typing import Callable, List, Optional, Set
 from ..instrumentor import LLMStreamInstrumentor
 from .fault_server import FaultServer
 from .otel_setup import DemoTelemetry, PortBusyError, setup
-from .scenarios import LONG_ANSWER, Scenario, pick, run_scenario
+from . import gemini_scenarios
+from .scenarios import GEMINI_SCENARIOS, LONG_ANSWER, SCENARIOS, Scenario, pick, run_scenario
 from .summary import Summary, render_text, summarize, summary_rows
 
 
@@ -34,6 +35,7 @@ class DemoOptions:
     chunk_delay: float = 0.03
     hold: bool = False
     plain: bool = False
+    gemini: bool = False  # add Gemini / Vertex AI traffic (google-genai)
 
 
 class _Progress:
@@ -129,6 +131,7 @@ class _Restarts:
 def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop: threading.Event) -> List[int]:
     """Run the traffic; return how many streams each simulated restart cut."""
     rng = random.Random(options.seed)
+    mix = list(SCENARIOS) + (list(GEMINI_SCENARIOS) if options.gemini else [])
     deadline = time.monotonic() + options.duration if options.duration else None
     submitted = completed = 0
     running: Set[Future] = set()  # the steady traffic, at most ``concurrency`` calls
@@ -149,7 +152,7 @@ def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop:
     with ThreadPoolExecutor(max_workers=options.concurrency + RESTART_WAVE, thread_name_prefix="demo") as pool:
         while not stop.is_set():
             while budget() and len(running) < options.concurrency:
-                submit(pick(rng), running)
+                submit(pick(rng, mix), running)
             if not running and not wave:
                 break
             finished, _ = wait(running | wave, timeout=restarts.wait_timeout(), return_when=FIRST_COMPLETED)
@@ -167,6 +170,9 @@ def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop:
 
 
 def run_demo(options: DemoOptions, out: Callable[[str], None] = print) -> int:
+    if options.gemini and not gemini_scenarios.available():
+        out('error: --gemini needs google-genai: pip install "llm-stream-otel[google-genai]"')
+        return 2
     try:
         telemetry: DemoTelemetry = setup("llm-stream-otel-demo", options.prometheus_port, options.console)
     except PortBusyError as exc:

@@ -16,13 +16,14 @@ from typing import Any, Callable, List, Optional, Tuple
 import openai
 
 from ..resilient import RetryPolicy, aresilient_stream, resilient_stream
+from . import gemini_scenarios
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     weight: float
-    endpoint: str  # chat | responses | completions
+    endpoint: str  # chat | responses | completions | gemini
     fault: str
     style: str  # plain | app_retry | resilient_restart | resilient_continue
     is_async: bool = False
@@ -58,6 +59,11 @@ SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("chat, stale keep-alive connection", 2, "chat", "stale_keepalive", "stale_pool"),
     # The client's own read timeout (0.6 s) is below the model's 1.5 s silence.
     Scenario("chat, client read timeout", 3, "chat", "stall;after=2;seconds=1.5", "plain", timeout=0.6),
+)
+# Gemini and Vertex AI traffic (``demo --gemini``; needs google-genai): endpoint "gemini".
+GEMINI_SCENARIOS: Tuple[Scenario, ...] = tuple(
+    Scenario(name, weight, "gemini", fault, style, is_async, retries)
+    for name, weight, fault, style, is_async, retries in gemini_scenarios.SPECS
 )
 
 #: A long answer (2.4 s of chunks), many at once: what a server restart cuts.
@@ -145,6 +151,10 @@ async def run_async(scenario: Scenario, base_url: str, prompt: str) -> str:
 
 
 def run_scenario(scenario: Scenario, base_url: str, prompt: str) -> str:
+    if scenario.endpoint == "gemini":
+        return gemini_scenarios.run_gemini(
+            scenario.fault, scenario.style, scenario.is_async, scenario.max_retries, base_url, prompt
+        )
     if scenario.is_async:
         return asyncio.run(run_async(scenario, base_url, prompt))
     return run_sync(scenario, base_url, prompt)

@@ -25,6 +25,19 @@ retries and recording; it never imports an SDK. A provider knows one SDK:
 - ``prepare(settings, kind, kwargs)`` / ``source(result, monitor)``: an
   optional rewrite of the request (openai's opt-in ``include_usage``) and
   the filter that hides its effect from the app.
+- ``sends_on_first_pull``: the SDK's method returns a stream that sends its
+  request at the first ``next()`` (google-genai), not before it returns
+  (openai). The core then runs the pulls before the first chunk activated
+  (``stream.first_pull``) and settles an error raised before the response
+  headers as ``failed``; the provider notes the headers on the monitor
+  (``stream.http_facts.note_response``) from its own hook on the SDK's HTTP
+  layer, where it also counts the SDK's retries (``StreamCall.sdk_retry``).
+
+For the resilient helper (``resilient.py``), which takes the app's bound
+streaming method: ``sdk_module`` (``owns(method)``: is it this SDK's?),
+``stream_request(kwargs)`` (the arguments that make it stream),
+``kind_for(kwargs)`` (which ``reader`` fits) and ``http_status(exc)`` (the
+HTTP status of a failed request, for what is worth retrying).
 
 A hook may be a plain function bound on the instance (``self.reader =
 reader_for``): the per-stream path then saves a frame per hook.
@@ -83,6 +96,10 @@ class Provider:
     finish_outcomes: Mapping[str, str] = {}
     #: how the wire terminator is observed with the installed SDK (``doctor``), or None
     wire_strategy: Optional[str] = None
+    #: does the returned stream send its request at the first ``next()``? (see the module docstring)
+    sends_on_first_pull: bool = False
+    #: the SDK's top-level module, e.g. ``"openai"`` (``owns``)
+    sdk_module: str = ""
 
     def available(self) -> bool:
         """Is the SDK importable here?"""
@@ -120,3 +137,23 @@ class Provider:
 
     def source(self, result: Any, monitor: Any) -> Any:
         return None
+
+    # --- the resilient helper ---------------------------------------------------
+    def owns(self, method: Any) -> bool:
+        """Is ``method`` bound to an object of this SDK (``sdk_module`` or below)?"""
+        owner = getattr(method, "__self__", None)
+        module = type(owner).__module__ if owner is not None else ""
+        return bool(self.sdk_module) and (module == self.sdk_module or module.startswith(self.sdk_module + "."))
+
+    def stream_request(self, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+        """The arguments that make the method return a stream."""
+        return dict(kwargs)
+
+    def kind_for(self, kwargs: Mapping[str, Any]) -> str:
+        """The method kind (for ``reader``) of a call with these arguments."""
+        return ""
+
+    def http_status(self, exc: BaseException) -> Optional[int]:
+        """The HTTP status of an SDK exception for an error response, else None."""
+        status = getattr(exc, "status_code", None)
+        return status if isinstance(status, int) else None

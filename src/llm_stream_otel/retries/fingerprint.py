@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from itertools import islice
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Sequence
 
 # Keys that define "the same request". Transport options (timeout,
 # extra_headers) and per-attempt values are left out on purpose.
@@ -102,12 +102,17 @@ def _str_keys(value: Mapping) -> bool:
     return all(type(key) is str for key in value)
 
 
-def request_fingerprint(kind: str, base_url: str, kwargs: Mapping[str, Any]) -> Optional[bytes]:
-    """16-byte digest of the request's identity (a bounded sample of it), or None if it can't be built."""
+def request_fingerprint(
+    kind: str, base_url: str, kwargs: Mapping[str, Any], keys: Sequence[str] = _IDENTITY_KEYS
+) -> Optional[bytes]:
+    """16-byte digest of the request's identity (a bounded sample of it), or None if it can't be built.
+
+    ``keys``: the arguments that make the request what it is (openai's by default; a
+    provider whose SDK names them differently passes its own)."""
     out = [kind, base_url]
     budget = _Budget(NODE_BUDGET)
     try:
-        for key in _IDENTITY_KEYS:
+        for key in keys:
             if key in kwargs:
                 out.append("=" + key)
                 _walk(kwargs[key], out, budget)

@@ -60,6 +60,8 @@ class StreamMonitor:
         "error_event",
         "input_tokens",
         "output_tokens",
+        "reasoning_tokens",
+        "cached_input_tokens",
         "response_id",
         "response_model",
         "outcome",
@@ -116,6 +118,10 @@ class StreamMonitor:
         self.error_event = False
         self.input_tokens: Optional[int] = None
         self.output_tokens: Optional[int] = None
+        # Parts of the above a provider reports apart (gen_ai.usage.reasoning.output_tokens,
+        # gen_ai.usage.cache_read.input_tokens); None where it does not.
+        self.reasoning_tokens: Optional[int] = None
+        self.cached_input_tokens: Optional[int] = None
         self.response_id: Optional[str] = None
         self.response_model: Optional[str] = None
         self.outcome: Optional[str] = None

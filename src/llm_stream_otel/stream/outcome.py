@@ -39,12 +39,19 @@ def _names(exc: BaseException) -> set:
     return {klass.__name__ for klass in type(exc).__mro__}
 
 
+def _aiohttp_reset(exc: BaseException) -> bool:
+    """aiohttp's ``ClientPayloadError`` for a body cut by a reset names the
+    ``ConnectionResetError`` only in its message: its cause is the parser's
+    ``TransferEncodingError``, the same as for a clean FIN."""
+    return type(exc).__name__ == "ClientPayloadError" and "ConnectionResetError(" in str(exc)
+
+
 def _is_reset(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
         return True
     if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
         return True
-    return bool(_names(exc) & _RESET_NAMES)
+    return bool(_names(exc) & _RESET_NAMES) or _aiohttp_reset(exc)
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -97,9 +104,12 @@ def error_cause(exc: BaseException) -> str:
     followed too) and httpcore's habit of wrapping the original as its first
     argument, so it reads the same on every SDK major
     (``ConnectionResetError``, ``RemoteProtocolError``, ``TimeoutError``)
-    where ``error.type`` differs. An HTTP status error is its own cause
-    (its context is only the client's ``raise_for_status``).
+    where ``error.type`` differs (aiohttp's reset, named only in a message,
+    too). An HTTP status error is its own cause (its context is only the
+    client's ``raise_for_status``).
     """
+    if _aiohttp_reset(exc):
+        return "ConnectionResetError"  # what httpx's chain ends in for the same cut
     seen = set()
     current = exc
     while len(seen) < 16 and getattr(current, "status_code", None) is None:

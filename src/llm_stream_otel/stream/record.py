@@ -63,10 +63,13 @@ def record_metrics(
         instruments.chunks.record(monitor.chunks, attrs)
     if monitor.stalls:
         instruments.stalls.add(monitor.stalls, attrs)
+    # Semconv's token usage has no error.type: a cut stream's usage so far (Gemini
+    # reports a running total on every chunk) is recorded under the plain attributes.
+    token_attrs = {key: value for key, value in attrs.items() if key != t.ERROR_TYPE} if err else attrs
     if monitor.input_tokens is not None:
-        instruments.token_usage.record(monitor.input_tokens, {**attrs, t.GEN_AI_TOKEN_TYPE: "input"})
+        instruments.token_usage.record(monitor.input_tokens, {**token_attrs, t.GEN_AI_TOKEN_TYPE: "input"})
     if monitor.output_tokens is not None:
-        instruments.token_usage.record(monitor.output_tokens, {**attrs, t.GEN_AI_TOKEN_TYPE: "output"})
+        instruments.token_usage.record(monitor.output_tokens, {**token_attrs, t.GEN_AI_TOKEN_TYPE: "output"})
 
     if monitor.outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
         idle_attrs = dict(attrs)
@@ -118,6 +121,10 @@ def annotate_span(
         attrs[t.GEN_AI_USAGE_INPUT_TOKENS] = monitor.input_tokens
     if monitor.output_tokens is not None:
         attrs[t.GEN_AI_USAGE_OUTPUT_TOKENS] = monitor.output_tokens
+    if monitor.reasoning_tokens is not None:
+        attrs[t.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = monitor.reasoning_tokens
+    if monitor.cached_input_tokens is not None:
+        attrs[t.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = monitor.cached_input_tokens
     if monitor.finish_reason_missing:
         attrs[t.FINISH_REASON_MISSING] = True
     if monitor.error_after_end:

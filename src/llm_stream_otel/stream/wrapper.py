@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from ..guard import internal_error
 from .call import StreamCall
+from .first_pull import FirstPull
 from .http_facts import note_response
 from .proxy import AsyncStreamProxy, SyncStreamProxy, wrap_stream
 from .telemetry import StreamTelemetry
@@ -39,6 +40,9 @@ def _wrap_result(result: Any, call: StreamCall, provider: "Provider", is_async: 
     try:
         # We rewrote the request (include_usage): read through the filter that undoes it.
         source = provider.source(result, call.monitor) if prepared else None
+        if source is None and provider.sends_on_first_pull:
+            # The request is sent by the first next(), not by the call (google-genai).
+            source = FirstPull(result, call, provider)
         # Pick the proxy by the method called, not by duck typing: a stream
         # wrapper of another instrumentation (openai-v2's) can implement both
         # protocols, and a sync stream in an async proxy would go unobserved.

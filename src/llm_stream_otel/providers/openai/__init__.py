@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 from functools import partial
-from typing import Any, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ... import semconv as t
 from ..base import Patch, Provider
@@ -35,6 +35,7 @@ class OpenAIProvider(Provider):
     name = t.PROVIDER_OPENAI
     requirement = "openai >= 1.0.0"
     finish_outcomes = FINISH_OUTCOMES
+    sdk_module = "openai"
 
     def __init__(self) -> None:
         # How [DONE] is observed with the installed SDK (None: it is not; see wire.py).
@@ -71,6 +72,13 @@ class OpenAIProvider(Provider):
 
     def source(self, result: Any, monitor: Any) -> Any:
         return HidingSource(result, monitor)
+
+    def stream_request(self, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+        return {**kwargs, "stream": True}
+
+    def kind_for(self, kwargs: Mapping[str, Any]) -> str:
+        # Chat and legacy completions share a chunk shape; the Responses API takes ``input``.
+        return "responses" if "input" in kwargs and "messages" not in kwargs else "chat"
 
 
 PROVIDER = OpenAIProvider
