@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .anthropic_events import MessagesEvents, error_envelope, http_error_type
 
 __all__ = [
     "FAULT_NAMES",
@@ -40,6 +43,8 @@ __all__ = [
     "request_info",
     "build_plan",
     "error_body",
+    "endpoint_error",
+    "endpoint_headers",
 ]
 
 FAULT_NAMES = frozenset(
@@ -63,22 +68,25 @@ FAULT_NAMES = frozenset(
         "stale_keepalive",
         "http_502",
         "http_504",
+        "overloaded",
     }
 )
-_KNOWN_KEYS = frozenset({"chunks", "delay", "first_delay", "after", "first", "usage", "seconds", "retry_after_ms"})
-_INT_KEYS = frozenset({"chunks", "after", "first", "usage"})
+_KNOWN_KEYS = frozenset({"chunks", "delay", "first_delay", "after", "first", "usage", "seconds", "retry_after_ms",
+                         "type", "cache_read", "cache_creation"})
+_INT_KEYS = frozenset({"chunks", "after", "first", "usage", "cache_read", "cache_creation"})
+_WORD_KEYS = frozenset({"type"})  # a word, not a number: error_event;type=overloaded_error
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 RESPONSES_PATH = "/v1/responses"
-STREAM_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
+MESSAGES_PATH = "/v1/messages"  # Anthropic
 
-_HTTP_FAULTS = {"http_500": 500, "http_429": 429, "http_503": 503}
+_HTTP_FAULTS = {"http_500": 500, "http_429": 429, "http_503": 503, "overloaded": 529}
 # An intermediary's own error page before any body: HTML from "nginx", not JSON.
 _GATEWAY_FAULTS = {"http_502": 502, "http_504": 504}
 _FINISH_FAULTS = {"none": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
 # Keys that still matter when a `first=K` fault degrades to `none` (they shape the answer).
-_CONTENT_KEYS = ("chunks", "delay", "first_delay", "usage")
+_CONTENT_KEYS = ("chunks", "delay", "first_delay", "usage", "cache_read", "cache_creation")
 
 
 class FaultSpecError(ValueError):
@@ -153,6 +161,10 @@ def _parse_param(part: str) -> Tuple[str, str]:
     key, value = key.strip().lower(), value.strip()
     if not sep or key not in _KNOWN_KEYS:
         raise FaultSpecError(f"bad fault parameter {part!r}; known keys: {', '.join(sorted(_KNOWN_KEYS))}")
+    if key in _WORD_KEYS:
+        if not re.fullmatch(r"[a-z_]{1,64}", value):
+            raise FaultSpecError(f"fault parameter {key} needs a word of a-z and _, got {value!r}")
+        return key, value
     try:
         number = int(value) if key in _INT_KEYS else float(value)
     except ValueError:
@@ -316,19 +328,61 @@ class RequestInfo:
     partial: str = ""  # chat continuation: the assistant prefix the client already has
 
 
-def _prompt_and_partial(path: str, body: Mapping[str, Any], chunks: int) -> Tuple[str, str]:
-    """Prompt text the answer is derived from, plus a chat continuation prefix ("" if none)."""
-    if path == CHAT_PATH:
-        messages = body.get("messages")
-        idx = _continuation_partial(messages, chunks)
-        partial = _content_text(messages[idx].get("content")) if idx is not None else ""
-        return _first_user_text(messages), partial
-    if path == COMPLETIONS_PATH:
-        prompt = body.get("prompt")
-        text = prompt[0] if isinstance(prompt, list) and prompt and isinstance(prompt[0], str) else prompt
-        return (text if isinstance(text, str) else json.dumps(prompt, sort_keys=True)), ""
+# Per endpoint: (body, chunks) -> (prompt text the answer is derived from, continuation prefix or "").
+_PromptOf = Callable[[Mapping[str, Any], int], Tuple[str, str]]
+# Per endpoint: (body, chunks) -> what identifies the prompt for ``first=K`` (a continuation is the same prompt).
+_IdentityOf = Callable[[Mapping[str, Any], int], Any]
+
+
+def _chat_prompt(body: Mapping[str, Any], chunks: int) -> Tuple[str, str]:
+    messages = body.get("messages")
+    idx = _continuation_partial(messages, chunks)
+    partial = _content_text(messages[idx].get("content")) if idx is not None else ""
+    return _first_user_text(messages), partial
+
+
+def _chat_identity(body: Mapping[str, Any], chunks: int) -> Any:
+    prompt: Any = body.get("messages")
+    return prompt[:-2] if _continuation_partial(prompt, chunks) is not None else prompt
+
+
+def _completions_prompt(body: Mapping[str, Any], chunks: int) -> Tuple[str, str]:
+    prompt = body.get("prompt")
+    text = prompt[0] if isinstance(prompt, list) and prompt and isinstance(prompt[0], str) else prompt
+    return (text if isinstance(text, str) else json.dumps(prompt, sort_keys=True)), ""
+
+
+def _responses_prompt(body: Mapping[str, Any], chunks: int) -> Tuple[str, str]:
     inp = body.get("input")
     return (inp if isinstance(inp, str) else _first_user_text(inp)), ""
+
+
+def _messages_prefill_text(body: Mapping[str, Any]) -> str:
+    """The assistant prefill (the last message, when it is the assistant's), else ""."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        if messages[-1].get("role") == "assistant":
+            return _content_text(messages[-1].get("content"))
+    return ""
+
+
+def _messages_prefill(body: Mapping[str, Any], text: str, chunks: int) -> str:
+    """Anthropic "continue": a prefill that is a non-empty prefix of the answer (the rest is served)."""
+    prefix = _messages_prefill_text(body)
+    return prefix if _remaining_pieces(answer_for(text, chunks), prefix) is not None else ""
+
+
+def _messages_prompt(body: Mapping[str, Any], chunks: int) -> Tuple[str, str]:
+    messages = body.get("messages")
+    text = _first_user_text(messages) or _content_text(body.get("system"))
+    return text, _messages_prefill(body, text, chunks)
+
+
+def _messages_identity(body: Mapping[str, Any], chunks: int) -> Any:
+    messages: Any = body.get("messages")
+    if _messages_prompt(body, chunks)[1]:
+        messages = messages[:-1]
+    return {"system": body.get("system"), "messages": messages}
 
 
 def request_info(path: str, body: Mapping[str, Any], chunks: int) -> RequestInfo:
@@ -339,7 +393,7 @@ def request_info(path: str, body: Mapping[str, Any], chunks: int) -> RequestInfo
     with the same ``chunks`` as the cut request (same X-Fault header or server default).
     """
     stream_options = body.get("stream_options") or {}
-    text, partial = _prompt_and_partial(path, body, chunks)
+    text, partial = _ENDPOINTS[path].prompt(body, chunks)
     try:
         n = max(1, int(body.get("n") or 1))
     except (TypeError, ValueError):
@@ -350,7 +404,7 @@ def request_info(path: str, body: Mapping[str, Any], chunks: int) -> RequestInfo
         prompt_text=text,
         stream=bool(body.get("stream")),
         model=str(body.get("model") or "fault-server-model"),
-        n=n if path != RESPONSES_PATH else 1,
+        n=n if path in (CHAT_PATH, COMPLETIONS_PATH) else 1,
         include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
         partial=partial,
     )
@@ -363,15 +417,7 @@ def prompt_key(path: str, body: Optional[Mapping[str, Any]], chunks: int) -> str
     attempt of the ORIGINAL prompt, so ``first=1`` cuts once and the continuation
     is served cleanly.
     """
-    body = body or {}
-    if path == CHAT_PATH:
-        prompt: Any = body.get("messages")
-        if _continuation_partial(prompt, chunks) is not None:
-            prompt = prompt[:-2]
-    elif path == COMPLETIONS_PATH:
-        prompt = body.get("prompt")
-    else:
-        prompt = body.get("input")
+    prompt = _ENDPOINTS[path].identity(body or {}, chunks)
     return path + "\x00" + json.dumps(prompt, sort_keys=True, default=str)
 
 
@@ -734,15 +780,27 @@ def _retry_headers(st: FaultSettings, status: int) -> Tuple[Tuple[str, str], ...
     return tuple(headers)
 
 
-def _http_fault(st: FaultSettings) -> PlainResponse:
+_OPENAI_HTTP_ERRORS = {
+    429: ("Rate limit reached (injected by fault server).", "requests", "rate_limit_exceeded"),
+    503: ("The server is overloaded (injected by fault server).", "server_error", "overloaded"),
+    500: ("The server had an error (injected by fault server).", "server_error", None),
+}
+
+
+def _openai_error(status: int, message: Optional[str], code: Optional[str]) -> Dict[str, Any]:
+    default, type_, default_code = _OPENAI_HTTP_ERRORS.get(status, ("", "invalid_request_error", None))
+    if status >= 500 and status not in _OPENAI_HTTP_ERRORS:
+        type_ = "server_error"
+    return error_body(message or default, type_, code or default_code)
+
+
+def _anthropic_error(status: int, message: Optional[str], code: Optional[str]) -> Dict[str, Any]:
+    return error_envelope(http_error_type(status), message, "req_faultsrv")
+
+
+def _http_fault(st: FaultSettings, endpoint: "_Endpoint") -> PlainResponse:
     status = _HTTP_FAULTS[st.name]
-    if status == 429:
-        body = error_body("Rate limit reached (injected by fault server).", "requests", "rate_limit_exceeded")
-    elif status == 503:
-        body = error_body("The server is overloaded (injected by fault server).", "server_error", "overloaded")
-    else:
-        body = error_body("The server had an error (injected by fault server).", "server_error", None)
-    return PlainResponse(status, body, _retry_headers(st, status))
+    return PlainResponse(status, endpoint.error(status, None, None), _retry_headers(st, status))
 
 
 def _gateway_fault(st: FaultSettings) -> PlainResponse:
@@ -753,27 +811,37 @@ def _gateway_fault(st: FaultSettings) -> PlainResponse:
     return PlainResponse(status, {}, (("server", "nginx"),) + _retry_headers(st, status), pause=st.first_delay, html=page)
 
 
-def _builder(info: RequestInfo, ids: _Ids, st: FaultSettings) -> Union[_ChatLike, _Responses]:
+def _messages_builder(info: RequestInfo, ids: _Ids, st: FaultSettings, pieces: Sequence[str]) -> MessagesEvents:
+    tool_args = _tool_arguments(info.prompt_text, st.chunks) if st.name == "tool_calls" else []
+    return MessagesEvents(
+        "msg_" + ids.token, info.model, pieces, _usage_numbers(info, pieces)[0], tool_args,
+        tool_name=_tool_name(info.body), tool_id="toolu_" + ids.token[:24],
+        cache_read=int(st.fault.get("cache_read") or 0), cache_creation=int(st.fault.get("cache_creation") or 0),
+        error_type=st.fault.get("type") or "overloaded_error", request_id="req_" + ids.token,
+    )
+
+
+def _builder(info: RequestInfo, ids: _Ids, st: FaultSettings) -> "_Builder":
     pieces = answer_for(info.prompt_text, st.chunks)
     if info.partial:
         pieces = _remaining_pieces(pieces, info.partial) or []
-    cls = _Responses if info.path == RESPONSES_PATH else _ChatLike
-    return cls(info, ids, st, pieces)
+    return _ENDPOINTS[info.path].builder(info, ids, st, pieces)
 
 
 def _check_endpoint(info: RequestInfo, st: FaultSettings) -> None:
-    if st.name == "response_failed" and info.path != RESPONSES_PATH:
-        raise FaultSpecError("fault response_failed only applies to /v1/responses")
-    if st.name == "tool_calls" and info.path == COMPLETIONS_PATH:
-        raise FaultSpecError("fault tool_calls does not apply to /v1/completions")
+    if st.name in _ENDPOINTS[info.path].faults_not_here:
+        raise FaultSpecError(f"fault {st.name} does not apply to {info.path}")
+    if info.path == MESSAGES_PATH and _messages_prefill_text(info.body)[-1:].isspace():
+        # The real API refuses a prefill that ends in whitespace (HTTP 400).
+        raise FaultSpecError("messages: final assistant content cannot end with trailing whitespace")
 
 
-def _plain_plan(st: FaultSettings, b: Union[_ChatLike, _Responses]) -> Plan:
+def _plain_plan(st: FaultSettings, b: "_Builder", endpoint: "_Endpoint") -> Plan:
     """Non-streaming: transport faults truncate the JSON body, timing faults delay it."""
     name = st.name
     reason = _FINISH_FAULTS.get(name, "stop")
     if name in ("error_event", "response_failed"):
-        return Plan(plain=PlainResponse(500, error_body("Injected stream error.", "server_error", "server_error")))
+        return Plan(plain=PlainResponse(500, endpoint.error(500, "Injected stream error.", "server_error")))
     pause = st.seconds if name in ("stall", "hang") else 0.0
     truncate = {"reset_mid_chunk": "rst", "reset_between": "rst", "cut_mid_chunk": "fin",
                 "missing_terminator": "fin"}.get(name)
@@ -782,18 +850,19 @@ def _plain_plan(st: FaultSettings, b: Union[_ChatLike, _Responses]) -> Plan:
 
 def build_plan(info: RequestInfo, st: FaultSettings, token: str, created: int) -> Plan:
     """Turn a request + resolved fault into what the socket layer must do."""
+    _check_endpoint(info, st)
+    endpoint = _ENDPOINTS[info.path]
     if st.name in _HTTP_FAULTS:
-        return Plan(plain=_http_fault(st))
+        return Plan(plain=_http_fault(st, endpoint))
     if st.name in _GATEWAY_FAULTS:
         return Plan(plain=_gateway_fault(st))
-    _check_endpoint(info, st)
     b = _builder(info, _Ids(token, created), st)
     if not info.stream:
-        return _plain_plan(st, b)
+        return _plain_plan(st, b, endpoint)
     return Plan(actions=_stream_actions(st, b))
 
 
-_Builder = Union[_ChatLike, _Responses]
+_Builder = Union[_ChatLike, _Responses, MessagesEvents]
 _ERROR_MESSAGE = "The stream was interrupted (injected by fault server)."
 
 
@@ -839,3 +908,46 @@ def _stream_actions(st: FaultSettings, b: _Builder) -> List[Action]:
         if i < b.n_steps:
             actions += [Emit(e) for e in b.step(i)]
     return actions + [Emit(e) for e in b.finish(_FINISH_FAULTS.get(st.name, "stop"))] + [End()]
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """What differs per API path. A new API is one more row in ``_ENDPOINTS``."""
+
+    prompt: _PromptOf
+    identity: _IdentityOf
+    builder: Callable[[RequestInfo, _Ids, FaultSettings, Sequence[str]], _Builder]
+    error: Callable[[int, Optional[str], Optional[str]], Dict[str, Any]]  # (status, message, code) -> error body
+    headers: Tuple[Tuple[str, str], ...] = ()  # response headers the real API adds
+    faults_not_here: FrozenSet[str] = frozenset()
+    request_id_header: str = "x-request-id"
+
+
+_OPENAI_HEADERS = (("openai-version", "2020-10-01"), ("openai-processing-ms", "1"))
+_ENDPOINTS: Dict[str, _Endpoint] = {
+    CHAT_PATH: _Endpoint(_chat_prompt, _chat_identity, _ChatLike, _openai_error, _OPENAI_HEADERS,
+                         frozenset({"response_failed", "overloaded"})),
+    COMPLETIONS_PATH: _Endpoint(_completions_prompt, lambda body, chunks: body.get("prompt"), _ChatLike, _openai_error,
+                                _OPENAI_HEADERS, frozenset({"response_failed", "overloaded", "tool_calls"})),
+    RESPONSES_PATH: _Endpoint(_responses_prompt, lambda body, chunks: body.get("input"), _Responses, _openai_error,
+                              _OPENAI_HEADERS, frozenset({"overloaded"})),
+    MESSAGES_PATH: _Endpoint(_messages_prompt, _messages_identity, _messages_builder, _anthropic_error,
+                             (("anthropic-organization-id", "org-faultsrv"),), frozenset({"response_failed"}),
+                             request_id_header="request-id"),
+}
+STREAM_PATHS = tuple(_ENDPOINTS)
+
+
+def endpoint_error(path: str, status: int, message: str, code: Optional[str] = None) -> Dict[str, Any]:
+    """The error body the API at ``path`` answers with (OpenAI's envelope for unknown paths)."""
+    endpoint = _ENDPOINTS.get(path)
+    return endpoint.error(status, message, code) if endpoint else error_body(message, code=code)
+
+
+def endpoint_headers(path: str, request_id: str) -> Tuple[Tuple[str, str], ...]:
+    """Response headers the real API at ``path`` sends: its request id header, ``openai-version``, ..."""
+    endpoint = _ENDPOINTS.get(path, _ENDPOINTS[CHAT_PATH])
+    return ((endpoint.request_id_header, request_id),) + endpoint.headers
