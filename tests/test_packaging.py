@@ -80,7 +80,7 @@ WHEEL_MODULES = {
     "retries": {"__init__", "attempts", "fingerprint", "scope"},
     "providers": {"__init__", "base"},
     "providers/openai": {"__init__", "patches", "request", "chunks", "wire", "include_usage", "sdk_retries"},
-    "demo": {"__init__", "fault_server", "fault_plan", "run", "phases", "scenarios", "summary", "otel_setup"},
+    "demo": {"__init__", "fault_server", "fault_plan", "anthropic_events", "run", "phases", "scenarios", "summary", "otel_setup"},
     "diagnose": {"__init__", "command", "prometheus", "render", "rules"},
 }
 

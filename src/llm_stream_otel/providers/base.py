@@ -11,6 +11,10 @@ retries and recording; it never imports an SDK. A provider knows one SDK:
   attributes (``RequestInfo``); never the prompt.
 - ``reader(kind)``: reads each chunk's facts into the ``StreamMonitor``
   (finish reasons, the terminator, usage, ids, opted-in text).
+- ``notice_test(kind)``: which leading chunks are service notifications
+  (Responses' ``response.created``, Anthropic's ``message_start``), read and
+  counted but not timed: time to first chunk and the gaps start at the first
+  generated chunk. None (the default): every chunk is generated.
 - ``finish_outcomes``: finish/stop reason -> outcome (unknown: completed).
 - ``is_error_event(exc)``: does this SDK exception carry an error event the
   server sent inside the stream (-> ``truncated/error_event``)?
@@ -99,6 +103,9 @@ class Provider:
 
     def reader(self, kind: str) -> ChunkReader:
         raise NotImplementedError
+
+    def notice_test(self, kind: str) -> Optional[Callable[[Any], bool]]:
+        return None
 
     def is_error_event(self, exc: BaseException) -> bool:
         return False

@@ -106,7 +106,7 @@ def annotate_span(
     if ttfc is not None:
         attrs[t.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
         attrs[t.TIME_TO_FIRST_CHUNK] = ttfc
-    if monitor.chunks > 1:
+    if monitor.gaps:
         attrs[t.MAX_GAP] = monitor.gap_max
     if monitor.response_id:
         attrs[t.GEN_AI_RESPONSE_ID] = monitor.response_id

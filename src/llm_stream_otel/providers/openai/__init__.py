@@ -12,7 +12,7 @@ from typing import Any, List, Mapping, Optional
 from ... import semconv as t
 from ..base import Patch, Provider
 from . import wire
-from .chunks import reader_for
+from .chunks import notice_test_for, reader_for
 from .include_usage import HidingSource, with_usage_requested
 from .request import describe_request
 
@@ -42,6 +42,7 @@ class OpenAIProvider(Provider):
         # The hooks that are plain functions, bound as they are (no delegating frame).
         self.describe = describe_request  # type: ignore[method-assign]
         self.reader = reader_for  # type: ignore[method-assign]
+        self.notice_test = notice_test_for  # type: ignore[method-assign]
         self.watch = partial(wire.watch_stream, how=self.wire_strategy)  # type: ignore[method-assign]
 
     def available(self) -> bool:
