@@ -78,8 +78,8 @@ WHEEL_MODULES = {
                "http_facts", "connections", "handoff", "exit_hook"},
     "metrics": {"__init__", "instruments", "histogram_merge", "cardinality"},
     "retries": {"__init__", "attempts", "fingerprint", "scope"},
-    "providers": {"__init__", "base"},
-    "providers/openai": {"__init__", "patches", "request", "chunks", "wire", "include_usage", "sdk_retries"},
+    "providers": {"__init__", "base", "stainless"},
+    "providers/openai": {"__init__", "patches", "request", "chunks", "wire", "include_usage"},
     "demo": {"__init__", "fault_server", "fault_plan", "anthropic_events", "run", "phases", "scenarios", "summary", "otel_setup"},
     "diagnose": {"__init__", "command", "prometheus", "render", "rules"},
 }

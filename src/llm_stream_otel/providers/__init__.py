@@ -15,7 +15,7 @@ from .base import Provider
 _logger = logging.getLogger(__name__)
 
 # module (under providers/) of each provider
-PROVIDERS = ("openai",)
+PROVIDERS = ("openai", "anthropic")
 
 
 def installed() -> List[Provider]:

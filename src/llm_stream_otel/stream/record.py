@@ -118,6 +118,10 @@ def annotate_span(
         attrs[t.GEN_AI_USAGE_INPUT_TOKENS] = monitor.input_tokens
     if monitor.output_tokens is not None:
         attrs[t.GEN_AI_USAGE_OUTPUT_TOKENS] = monitor.output_tokens
+    if monitor.cache_read_tokens is not None:
+        attrs[t.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = monitor.cache_read_tokens
+    if monitor.cache_creation_tokens is not None:
+        attrs[t.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = monitor.cache_creation_tokens
     if monitor.finish_reason_missing:
         attrs[t.FINISH_REASON_MISSING] = True
     if monitor.error_after_end:

@@ -1,4 +1,53 @@
 """The anthropic provider (SDK 1.x and 2.x): Messages streams, plain and beta.
 
-The second implementation of the provider contract (``providers/base.py``).
+The second implementation of the provider contract (``providers/base.py``):
+``messages.create(stream=True)`` and the ``messages.stream()`` helper, sync
+and async, including the Bedrock and Vertex clients (same resource classes).
+``message_stop`` is the terminator and arrives as an event, so no wire hook
+is needed; an ``event: error`` is raised by the SDK as a status error with
+status 200 (``is_error_event``).
 """
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, List, Mapping
+
+from ... import semconv as t
+from ..base import Patch, Provider
+from .chunks import FINISH_OUTCOMES, is_error_event, notice_test_for, reader_for
+from .request import describe_request
+
+_RAW_HEADER = "x-stainless-raw-response"
+
+
+class AnthropicProvider(Provider):
+    name = t.PROVIDER_ANTHROPIC
+    requirement = "anthropic >= 1.0.0"
+    finish_outcomes = FINISH_OUTCOMES
+    wire_strategy = "events"  # message_stop is an event the SDK yields
+
+    def __init__(self) -> None:
+        # The hooks that are plain functions, bound as they are (no delegating frame).
+        self.describe = describe_request  # type: ignore[method-assign]
+        self.reader = reader_for  # type: ignore[method-assign]
+        self.notice_test = notice_test_for  # type: ignore[method-assign]
+        self.is_error_event = is_error_event  # type: ignore[method-assign]
+
+    def available(self) -> bool:
+        return importlib.util.find_spec("anthropic") is not None
+
+    def patches(self, telemetry: Any) -> List[Patch]:
+        from .patches import patches
+
+        return patches(telemetry, self)
+
+    def is_stream(self, kind: str, kwargs: Mapping[str, Any]) -> bool:
+        if kwargs.get("stream") is not True:
+            return False
+        headers = kwargs.get("extra_headers")
+        # ``with_raw_response`` / ``with_streaming_response`` return a response object, not a stream.
+        return not (headers and any(str(key).lower() == _RAW_HEADER for key in headers))
+
+
+PROVIDER = AnthropicProvider

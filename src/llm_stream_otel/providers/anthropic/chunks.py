@@ -24,7 +24,8 @@ from typing import Any, Mapping, Optional
 from ... import semconv as t
 from ...stream.monitor import StreamMonitor
 
-__all__ = ["FINISH_OUTCOMES", "read_message_event", "is_message_notice", "is_error_event"]
+__all__ = ["FINISH_OUTCOMES", "read_message_event", "read_message_usage", "is_message_notice", "is_error_event",
+           "reader_for", "notice_test_for"]
 
 # stop_reason -> outcome; anything else (a newer reason) is completed.
 FINISH_OUTCOMES: Mapping[str, str] = {
@@ -109,3 +110,12 @@ def read_message_usage(monitor: StreamMonitor, usage: Any) -> None:
     output = _count(usage, "output_tokens")
     if output is not None:
         monitor.output_tokens = output
+
+
+def reader_for(kind: str) -> Any:
+    """One API shape: every kind reads Messages events."""
+    return read_message_event
+
+
+def notice_test_for(kind: str) -> Any:
+    return is_message_notice

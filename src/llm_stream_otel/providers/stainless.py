@@ -1,22 +1,23 @@
-"""Count the openai client's own retries (the ``sdk`` retry layer).
+"""Count a Stainless-generated SDK's own retries (the ``sdk`` retry layer): openai, anthropic.
 
-The SDK re-sends a failed request (connection error, 408/409/429/5xx)
-before any chunk arrives, stamping each request with an
+Those SDKs re-send a failed request (connection error, 408/409/429/5xx,
+anthropic's 529) before any chunk arrives, stamping each request with an
 ``x-stainless-retry-count`` header. Every supported major builds each
 attempt's request in ``BaseClient._build_request``; we observe the header on
 the request it returns and charge the retry to the streaming call whose
-``create`` is running (a context variable). The method is private, so the
+request is being sent (a context variable). The method is private, so the
 patch is guarded: if it is missing, SDK retries are simply not counted.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any, Callable, List
 
-from ...guard import internal_error
-from ...stream.call import current_call
-from ..base import Patch
+from ..guard import internal_error
+from ..stream.call import current_call
+from .base import Patch
 
 _logger = logging.getLogger(__name__)
 
@@ -47,14 +48,14 @@ def _observer() -> Callable[..., Any]:
     return wrapper
 
 
-def sdk_retry_patches() -> List[Patch]:
-    """The wrapper of ``BaseClient._build_request``, or none where it is missing."""
+def sdk_retry_patches(package: str) -> List[Patch]:
+    """The wrapper of ``<package>._base_client.BaseClient._build_request``, or none where it is missing."""
     try:
-        from openai._base_client import BaseClient
-    except ImportError:
-        _logger.debug("llm_stream_otel: openai._base_client.BaseClient missing; SDK retries not counted")
+        base_client = importlib.import_module(f"{package}._base_client").BaseClient
+    except (ImportError, AttributeError):
+        _logger.debug("llm_stream_otel: %s._base_client.BaseClient missing; SDK retries not counted", package)
         return []
-    if not hasattr(BaseClient, "_build_request"):
-        _logger.debug("llm_stream_otel: BaseClient._build_request missing; SDK retries not counted")
+    if not hasattr(base_client, "_build_request"):
+        _logger.debug("llm_stream_otel: %s BaseClient._build_request missing; SDK retries not counted", package)
         return []
-    return [(BaseClient, "_build_request", _observer())]
+    return [(base_client, "_build_request", _observer())]
