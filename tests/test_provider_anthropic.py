@@ -243,3 +243,59 @@ def test_non_streaming_and_raw_responses_are_left_alone(instrumented: Any, sync_
     raw = sync_client.messages.with_raw_response.create(stream=True, **_kwargs("none", prompt("raw")))
     raw.http_response.read()
     assert instrumented.stream_spans() == []
+
+
+# --- the resilient helper --------------------------------------------------------------------------
+
+FAST = dict(initial_backoff=0.01, max_backoff=0.05)
+
+
+def streamed_text(events: List[Any]) -> str:
+    return "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
+
+
+def test_resilient_restart_retries_an_overloaded_error_event(instrumented: Any, sync_client: Any) -> None:
+    from llm_stream_otel.resilient import RetryPolicy, resilient_stream
+
+    text = prompt("restart")
+    restarts: List[Any] = []
+    events = list(resilient_stream(sync_client.messages.create, policy=RetryPolicy(**FAST),
+                                   on_restart=lambda n, why: restarts.append((n, why)),
+                                   **_kwargs("error_event;after=2;first=1", text)))
+    assert restarts == [(2, t.REASON_ERROR_EVENT)]
+    assert streamed_text(events).endswith("".join(answer_for(text, CHUNKS)))
+    first, second = sorted(instrumented.stream_spans(), key=lambda s: s.start_time)
+    assert first.attributes[t.ERROR_TYPE] == "overloaded_error"
+    assert second.attributes[t.RETRY_LAYER] == "helper" and second.attributes[t.OUTCOME] == t.OUTCOME_COMPLETED
+    assert instrumented.total(t.METRIC_RETRIES, llm__stream__retry__layer="helper") == 1
+    assert instrumented.total(t.METRIC_RECOVERIES) == 1
+
+
+def test_resilient_continue_prefills_the_partial_text(instrumented: Any, fault_server: FaultServer,
+                                                       sync_client: Any) -> None:
+    from llm_stream_otel.resilient import RetryPolicy, resilient_stream
+
+    text = prompt("continue")
+    fault_server.reset()
+    events = list(resilient_stream(sync_client.messages.create, policy=RetryPolicy(mode="continue", **FAST),
+                                   **_kwargs("cut_mid_chunk;after=3;first=1", text)))
+    assert streamed_text(events) == "".join(answer_for(text, CHUNKS))  # every character exactly once
+    prefill = fault_server.requests[-1].body["messages"][-1]
+    assert prefill["role"] == "assistant" and prefill["content"] == "".join(answer_for(text, 3)).rstrip()
+    assert instrumented.total(t.METRIC_RECOVERIES) == 1
+
+
+def test_resilient_async_retries_a_529(instrumented: Any, fault_server: FaultServer) -> None:
+    from llm_stream_otel.resilient import RetryPolicy, aresilient_stream
+
+    text = prompt("async")
+
+    async def main() -> List[Any]:
+        async with anthropic.AsyncAnthropic(base_url=fault_server.origin, api_key="k", max_retries=0) as client:
+            return [e async for e in aresilient_stream(client.messages.create, policy=RetryPolicy(**FAST),
+                                                       **_kwargs("overloaded;first=1", text))]
+
+    events = asyncio.run(main())
+    assert streamed_text(events) == "".join(answer_for(text, CHUNKS))
+    outcomes = [s.attributes[t.OUTCOME] for s in sorted(instrumented.stream_spans(), key=lambda s: s.start_time)]
+    assert outcomes == [t.OUTCOME_FAILED, t.OUTCOME_COMPLETED]

@@ -29,6 +29,11 @@ retries and recording; it never imports an SDK. A provider knows one SDK:
 - ``prepare(settings, kind, kwargs)`` / ``source(result, monitor)``: an
   optional rewrite of the request (openai's opt-in ``include_usage``) and
   the filter that hides its effect from the app.
+- For the resilient helper: ``kind_of(method)`` (is this bound SDK method
+  one of ours, and which kind), ``delta_text(kind, chunk)`` (the generated
+  text of a chunk, first choice), ``continuation(kind, kwargs, partial,
+  prompt)`` (the request that continues ``partial``, and the text the model
+  will repeat at its start) and ``without_prefix(kind, chunk, prefix)``.
 
 A hook may be a plain function bound on the instance (``self.reader =
 reader_for``): the per-stream path then saves a frame per hook.
@@ -127,3 +132,26 @@ class Provider:
 
     def source(self, result: Any, monitor: Any) -> Any:
         return None
+
+    # --- the resilient helper -------------------------------------------------
+    def kind_of(self, method: Any) -> Optional[str]:
+        return None
+
+    def delta_text(self, kind: str, chunk: Any) -> Optional[str]:
+        return None
+
+    def continuation(self, kind: str, kwargs: Mapping[str, Any], partial: str, prompt: str) -> Tuple[dict, str]:
+        raise NotImplementedError
+
+    def without_prefix(self, kind: str, chunk: Any, prefix: str) -> Any:
+        return chunk
+
+
+def kind_by_owner(method: Any, targets: Any, find: Callable[[str, str], Optional[type]]) -> Optional[str]:
+    """The kind of a bound SDK method, by its instance's class among ``targets``' (module, class, kind, ...)."""
+    instance = getattr(method, "__self__", None)
+    for module_name, class_name, kind, *_ in targets:
+        owner = find(module_name, class_name)
+        if owner is not None and isinstance(instance, owner):
+            return kind
+    return None

@@ -11,11 +11,12 @@ status 200 (``is_error_event``).
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, List, Mapping
+from typing import Any, List, Mapping, Optional, Tuple
 
 from ... import semconv as t
-from ..base import Patch, Provider
+from ..base import Patch, Provider, kind_by_owner
 from .chunks import FINISH_OUTCOMES, is_error_event, notice_test_for, reader_for
+from .continuation import delta_text, prefilled_request, without_prefix
 from .request import describe_request
 
 _RAW_HEADER = "x-stainless-raw-response"
@@ -33,6 +34,8 @@ class AnthropicProvider(Provider):
         self.reader = reader_for  # type: ignore[method-assign]
         self.notice_test = notice_test_for  # type: ignore[method-assign]
         self.is_error_event = is_error_event  # type: ignore[method-assign]
+        self.delta_text = delta_text  # type: ignore[method-assign]
+        self.without_prefix = without_prefix  # type: ignore[method-assign]
 
     def available(self) -> bool:
         return importlib.util.find_spec("anthropic") is not None
@@ -48,6 +51,14 @@ class AnthropicProvider(Provider):
         headers = kwargs.get("extra_headers")
         # ``with_raw_response`` / ``with_streaming_response`` return a response object, not a stream.
         return not (headers and any(str(key).lower() == _RAW_HEADER for key in headers))
+
+    def kind_of(self, method: Any) -> Optional[str]:
+        from .patches import TARGETS, find
+
+        return kind_by_owner(method, TARGETS, find)
+
+    def continuation(self, kind: str, kwargs: Mapping[str, Any], partial: str, prompt: str) -> Tuple[dict, str]:
+        return prefilled_request(kwargs, partial)
 
 
 PROVIDER = AnthropicProvider

@@ -25,12 +25,12 @@ from ..stainless import sdk_retry_patches
 _logger = logging.getLogger(__name__)
 
 KIND = "messages"
-# (module, class, is_async): each has ``create`` and ``stream``.
-TARGETS: Tuple[Tuple[str, str, bool], ...] = (
-    ("anthropic.resources.messages.messages", "Messages", False),
-    ("anthropic.resources.messages.messages", "AsyncMessages", True),
-    ("anthropic.resources.beta.messages.messages", "Messages", False),
-    ("anthropic.resources.beta.messages.messages", "AsyncMessages", True),
+# (module, class, kind, is_async): each has ``create`` and ``stream``.
+TARGETS: Tuple[Tuple[str, str, str, bool], ...] = (
+    ("anthropic.resources.messages.messages", "Messages", KIND, False),
+    ("anthropic.resources.messages.messages", "AsyncMessages", KIND, True),
+    ("anthropic.resources.beta.messages.messages", "Messages", KIND, False),
+    ("anthropic.resources.beta.messages.messages", "AsyncMessages", KIND, True),
 )
 
 
@@ -84,7 +84,7 @@ def stream_helper_wrapper(create: Callable[..., Any], is_async: bool) -> Callabl
 def patches(telemetry: Any, provider: Any) -> List[Patch]:
     """Every wrapper of the anthropic provider, for the classes this SDK version has."""
     out: List[Patch] = []
-    for module_name, class_name, is_async in TARGETS:
+    for module_name, class_name, _, is_async in TARGETS:
         owner = find(module_name, class_name)
         if owner is None:
             continue

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 from functools import partial
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 from ... import semconv as t
-from ..base import Patch, Provider
+from ..base import Patch, Provider, kind_by_owner
 from . import wire
 from .chunks import notice_test_for, reader_for
 from .include_usage import HidingSource, with_usage_requested
@@ -72,6 +72,24 @@ class OpenAIProvider(Provider):
 
     def source(self, result: Any, monitor: Any) -> Any:
         return HidingSource(result, monitor)
+
+    def kind_of(self, method: Any) -> Optional[str]:
+        from .patches import CREATE_TARGETS, find
+
+        return kind_by_owner(method, CREATE_TARGETS, find)
+
+    def delta_text(self, kind: str, chunk: Any) -> Optional[str]:
+        for choice in getattr(chunk, "choices", None) or ():
+            text = getattr(getattr(choice, "delta", None), "content", None)
+            if choice.index == 0 and isinstance(text, str):
+                return text
+        return None
+
+    def continuation(self, kind: str, kwargs: Mapping[str, Any], partial: str, prompt: str) -> Tuple[dict, str]:
+        """Chat: the partial answer as the assistant's turn, then a user turn asking to continue."""
+        messages = list(kwargs["messages"]) + [{"role": "assistant", "content": partial},
+                                               {"role": "user", "content": prompt}]
+        return {**kwargs, "messages": messages}, ""
 
 
 PROVIDER = OpenAIProvider
