@@ -1,9 +1,10 @@
 """``llm-stream-otel demo``: real streams, cut in real ways, measured live.
 
 Starts the embedded fault server on a free loopback port, instruments the
-real openai client, drives a weighted mix of scenarios (sync and async,
-chat, Responses and legacy completions, cuts, stalls, silent truncations,
-app retry loops, the resilient helper) and ends with the numbers.
+real openai client (and the anthropic one, when installed), drives a
+weighted mix of scenarios (sync and async, chat, Responses, legacy
+completions and Anthropic messages, cuts, stalls, silent truncations, app
+retry loops, the resilient helper) and ends with the numbers.
 """
 
 from __future__ import annotations
