@@ -178,6 +178,14 @@ def test_usage_with_the_cache(instrumented: Any, sync_client: Any) -> None:
     assert by_type == {"input": 14, "output": CHUNKS}  # message_delta repeats the input usage: counted once
 
 
+def test_a_cut_stream_reports_its_input_tokens_without_an_error_type(instrumented: Any, sync_client: Any) -> None:
+    read_sync(sync_client, "create", "reset_between;after=2", prompt("cut-usage"))
+    attrs = instrumented.span().attributes
+    assert attrs[t.GEN_AI_USAGE_INPUT_TOKENS] == 3 and t.GEN_AI_USAGE_OUTPUT_TOKENS not in attrs
+    (point,) = instrumented.points(t.METRIC_TOKEN_USAGE)
+    assert point.attributes[t.GEN_AI_TOKEN_TYPE] == "input" and t.ERROR_TYPE not in point.attributes
+
+
 def test_request_id_and_status_of_the_response(instrumented: Any, sync_client: Any) -> None:
     read_sync(sync_client, "create", "reset_between;after=1", prompt("rid"))
     attrs = instrumented.span().attributes

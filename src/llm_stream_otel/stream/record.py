@@ -45,6 +45,9 @@ def record_metrics(
     attrs = dict(base)
     if response_model:
         attrs[t.GEN_AI_RESPONSE_MODEL] = response_model
+    # Token usage carries no error type (the series budget, tools/dashboards/cardinality.py):
+    # a cut Anthropic stream still reports the input tokens message_start announced.
+    usage_attrs = dict(attrs)
     err = outcome_error_type(monitor)
     if err:
         attrs[t.ERROR_TYPE] = err
@@ -64,9 +67,9 @@ def record_metrics(
     if monitor.stalls:
         instruments.stalls.add(monitor.stalls, attrs)
     if monitor.input_tokens is not None:
-        instruments.token_usage.record(monitor.input_tokens, {**attrs, t.GEN_AI_TOKEN_TYPE: "input"})
+        instruments.token_usage.record(monitor.input_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "input"})
     if monitor.output_tokens is not None:
-        instruments.token_usage.record(monitor.output_tokens, {**attrs, t.GEN_AI_TOKEN_TYPE: "output"})
+        instruments.token_usage.record(monitor.output_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "output"})
 
     if monitor.outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
         idle_attrs = dict(attrs)

@@ -59,7 +59,8 @@ def read_message_event(monitor: StreamMonitor, event: Any) -> None:
         message = event.message
         monitor.response_id = getattr(message, "id", None) or monitor.response_id
         monitor.response_model = getattr(message, "model", None) or monitor.response_model
-        read_message_usage(monitor, getattr(message, "usage", None))
+        # Its output_tokens is a placeholder (1) until message_delta: the input only.
+        read_message_usage(monitor, getattr(message, "usage", None), output=False)
     elif kind == "message_delta":
         stop_reason = getattr(event.delta, "stop_reason", None)
         if stop_reason:
@@ -85,7 +86,7 @@ def _count(usage: Any, name: str) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def read_message_usage(monitor: StreamMonitor, usage: Any) -> None:
+def read_message_usage(monitor: StreamMonitor, usage: Any, output: bool = True) -> None:
     """Usage of ``message_start`` / ``message_delta``: each field present replaces the last one.
 
     Both carry cumulative counts, so replacing is what never double counts.
@@ -107,9 +108,9 @@ def read_message_usage(monitor: StreamMonitor, usage: Any) -> None:
         monitor.cache_creation_tokens = cache_creation
     if uncached is not None:
         monitor.input_tokens = uncached + (monitor.cache_read_tokens or 0) + (monitor.cache_creation_tokens or 0)
-    output = _count(usage, "output_tokens")
-    if output is not None:
-        monitor.output_tokens = output
+    output_tokens = _count(usage, "output_tokens") if output else None
+    if output_tokens is not None:
+        monitor.output_tokens = output_tokens
 
 
 def reader_for(kind: str) -> Any:
