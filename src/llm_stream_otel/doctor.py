@@ -22,6 +22,7 @@ from .config import (
 _PACKAGES = (
     "llm-stream-otel",
     "openai",
+    "anthropic",
     "httpx",
     "httpx2",
     "opentelemetry-api",
