@@ -28,6 +28,15 @@ def request_kwargs(endpoint: str, fault: str, prompt: Optional[str] = None, **ex
     return dict(input=prompt, **common)
 
 
+def generated_chunks(endpoint: str, chunks: List[Any]) -> int:
+    """The chunks that are timed (gaps = this - 1): Responses' leading notifications
+    (``response.created`` ... before the first ``response.*.delta``) are not."""
+    if endpoint != "responses":
+        return len(chunks)
+    first = next((i for i, c in enumerate(chunks) if c.type.endswith(".delta")), len(chunks))
+    return len(chunks) - first
+
+
 def resource(client: Any, endpoint: str) -> Any:
     if endpoint == "chat":
         return client.chat.completions

@@ -155,9 +155,10 @@ def test_fault_server_on_a_busy_port_says_so():
 def test_fault_server_help_explains_faults_and_keys():
     out = cli("fault-server", "--help").stdout
     for fault in ("reset_mid_chunk", "reset_between", "cut_mid_chunk", "missing_terminator", "error_event",
-                  "response_failed", "stall", "hang", "http_500"):
+                  "response_failed", "overloaded", "stall", "hang", "http_500"):
         assert f"\n  {fault}" in out
-    for key in ("chunks=", "delay=", "first_delay=", "after=", "seconds=", "usage=", "retry_after_ms=", "first="):
+    for key in ("chunks=", "delay=", "first_delay=", "after=", "seconds=", "usage=", "retry_after_ms=", "first=", "type=",
+                "cache_read=", "cache_creation="):
         assert f"\n  {key}" in out
     assert "over the server's lifetime" in out
 

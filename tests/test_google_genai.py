@@ -457,7 +457,7 @@ def test_usage_is_the_last_running_total_with_thoughts_and_cached_tokens():
                                                 cached_content_token_count=4))
     read_generate_content_chunk(monitor, _chunk(finish_reason="STOP", prompt_token_count=10, candidates_token_count=3,
                                                 thoughts_token_count=5, cached_content_token_count=4))
-    assert (monitor.input_tokens, monitor.output_tokens, monitor.reasoning_tokens, monitor.cached_input_tokens) == (10, 8, 5, 4)
+    assert (monitor.input_tokens, monitor.output_tokens, monitor.reasoning_tokens, monitor.cache_read_tokens) == (10, 8, 5, 4)
     assert (monitor.response_id, monitor.response_model) == ("resp-1", MODEL)
 
 

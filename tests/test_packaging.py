@@ -78,10 +78,10 @@ WHEEL_MODULES = {
                "http_facts", "connections", "handoff", "exit_hook", "first_pull"},
     "metrics": {"__init__", "instruments", "histogram_merge", "cardinality"},
     "retries": {"__init__", "attempts", "fingerprint", "scope"},
-    "providers": {"__init__", "base"},
-    "providers/openai": {"__init__", "patches", "request", "chunks", "wire", "include_usage", "sdk_retries"},
+    "providers": {"__init__", "base", "stainless"},
+    "providers/openai": {"__init__", "patches", "request", "chunks", "wire", "include_usage"},
     "demo": {"__init__", "fault_server", "fault_plan", "run", "phases", "scenarios", "summary", "otel_setup",
-             "gemini_events", "gemini_scenarios"},
+             "anthropic_events", "gemini_events", "gemini_scenarios"},
     "diagnose": {"__init__", "command", "prometheus", "render", "rules"},
 }
 

@@ -20,8 +20,10 @@ _EXAMPLES_SERVER = """examples:
   curl -N localhost:8000/v1/chat/completions -H 'X-Fault: stall;seconds=3' \\
        -d '{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 
-A request's fault comes from its X-Fault header ('name;key=value;...'), else
---mix, else --fault. Faults:
+It speaks OpenAI (/v1/chat/completions, /v1/completions, /v1/responses) and
+Anthropic (/v1/messages; point the anthropic client's base_url at the server
+root, without /v1). A request's fault comes from its X-Fault header
+('name;key=value;...'), else --mix, else --fault. Faults:
   none                answer normally (finish_reason stop, then [DONE])
   length              answer ends with finish_reason length
   content_filter      answer ends with finish_reason content_filter
@@ -31,7 +33,9 @@ A request's fault comes from its X-Fault header ('name;key=value;...'), else
   cut_mid_chunk       clean close (FIN) in the middle of an event
   missing_terminator  clean close after `after` chunks: no finish_reason, no [DONE]
   error_event         an SSE error event after `after` chunks, then close
+                      (Anthropic: `event: error`, type=overloaded_error by default)
   response_failed     Responses API only: a response.failed event, then close
+  overloaded          Anthropic only: HTTP 529 overloaded_error instead of a stream
   stall               pause `seconds` (default 1) after `after` chunks, then finish
   hang                send nothing more for `seconds` (default 30) after `after` chunks
   http_500, http_429, http_503   that HTTP status instead of a stream
@@ -48,6 +52,9 @@ Keys:
   usage=1             send a usage chunk (also sent when the request asks
                       with stream_options={"include_usage": true})
   retry_after_ms=MS   the retry-after-ms header of http_429/http_503
+  type=WORD           Anthropic error_event: the error type (overloaded_error, api_error)
+  cache_read=N        Anthropic: cache_read_input_tokens in the usage
+  cache_creation=N    Anthropic: cache_creation_input_tokens in the usage
   first=K             fault only the first K requests with the same prompt;
                       later ones get `none`. Counted per prompt (path + messages)
                       over the server's lifetime: restart the server or change

@@ -24,6 +24,7 @@ _PACKAGES = (
     "openai",
     "google-genai",
     "aiohttp",
+    "anthropic",
     "httpx",
     "httpx2",
     "opentelemetry-api",

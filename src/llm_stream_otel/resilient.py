@@ -13,13 +13,18 @@ exponential backoff), done properly and instrumented.
   ``content_filter`` or another 4xx.
 - Exponential backoff with jitter, a maximum number of attempts and a total
   deadline.
-- Works for each provider's streaming method (``providers.provider_for``
+- Works for each provider's streaming method (``Provider.kind_of``
   picks the SDK's rules: how to ask for a stream, how to read its chunks,
   its finish reasons and errors; openai's where none claims it).
 - ``mode="restart"`` starts a fresh stream (``on_restart`` tells the UI to
-  discard what it showed); ``mode="continue"`` (chat completions) asks the
-  model to continue from the partial text already delivered, so the
-  consumer only receives the missing part.
+  discard what it showed); ``mode="continue"`` (openai chat completions,
+  anthropic messages) asks the model to continue from the partial text
+  already delivered (openai: a user turn asking to continue; anthropic: the
+  partial text as the assistant's prefill), so the consumer only receives
+  the missing part.
+- Works with the SDK method's provider (openai, anthropic): its chunk
+  reader and rules judge each attempt, so an anthropic ``overloaded_error``
+  event mid-stream is a transient cut (``error_event``) and is retried.
 - When it gives up it re-raises the last underlying exception unchanged, or
   raises ``StreamTruncatedError`` for a cut that raised nothing.
 - With the instrumentor active, every attempt is a child span of one
@@ -37,15 +42,15 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
+from functools import lru_cache
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import semconv as t
-from .providers import provider_for
+from .providers import installed
 from .providers.base import Provider
-from .providers.openai import OpenAIProvider
 from .stream.monitor import StreamMonitor
 from .stream.telemetry import active_telemetry
 from .retries.attempts import chain_override
@@ -103,6 +108,30 @@ def _retryable_request_failure(exc: BaseException, provider: Provider) -> bool:
     return bool(names & _CONNECT_NAMES) or isinstance(exc, (ConnectionError, TimeoutError))
 
 
+@lru_cache(maxsize=1)
+def _providers() -> Tuple[Provider, ...]:
+    return tuple(installed())
+
+
+def _provider_of(create: Callable[..., Any], kwargs: Dict[str, Any]) -> Tuple[Provider, str]:
+    """The provider whose SDK ``create`` belongs to, and the kind of method it is.
+
+    A callable no provider recognises (a function of the app's own) is read
+    as openai: Responses when called with ``input`` alone, else chat.
+    """
+    providers = _providers()
+    for provider in providers:
+        kind = provider.kind_of(create)
+        if kind is not None:
+            return provider, kind
+    fallback = next((p for p in providers if p.name == t.PROVIDER_OPENAI), None)
+    if fallback is None:
+        from .providers.openai import OpenAIProvider
+
+        fallback = OpenAIProvider()
+    return fallback, ("responses" if "input" in kwargs and "messages" not in kwargs else "chat")
+
+
 class ResilientRun:
     """The decisions of one resilient call: what to send, whether to retry,
     how long to wait. Knows nothing of sync vs async."""
@@ -118,8 +147,8 @@ class ResilientRun:
         if policy.mode not in ("restart", "continue"):
             raise ValueError("mode must be 'restart' or 'continue'")
         if policy.mode == "continue" and "messages" not in kwargs:
-            raise ValueError("mode='continue' needs chat completions (a 'messages' argument)")
-        self.provider: Provider = provider_for(create) or OpenAIProvider()
+            raise ValueError("mode='continue' needs chat completions or messages (a 'messages' argument)")
+        self.provider, self.kind = _provider_of(create, kwargs)
         kwargs = self.provider.stream_request(kwargs)
         self.create = create
         self.kwargs = kwargs
@@ -131,8 +160,8 @@ class ResilientRun:
         self.started = time.monotonic()
         self.delays: List[float] = []
         self.delivered: List[str] = []
+        self.overlap = ""  # text a continuation repeats at its start (anthropic: the whitespace cut off the prefill)
         self.monitor: Optional[StreamMonitor] = None
-        self._reader = self.provider.reader(self.provider.kind_for(kwargs))
         self.span: Any = trace.INVALID_SPAN  # started by the first attempt: a helper never iterated has none
         self._ended = False
 
@@ -146,31 +175,39 @@ class ResilientRun:
         if self.attempt == 0:
             self._start_span()
         self.attempt += 1
-        provider = self.provider
-        self.monitor = StreamMonitor(time.perf_counter(), float("inf"), reader=self._reader,
-                                     finish_outcomes=provider.finish_outcomes, is_error_event=provider.is_error_event)
+        provider, kind = self.provider, self.kind
+        self.monitor = StreamMonitor(
+            time.perf_counter(),
+            float("inf"),
+            reader=provider.reader(kind),
+            finish_outcomes=provider.finish_outcomes,
+            is_error_event=provider.is_error_event,
+            is_notice=provider.notice_test(kind),
+        )
         if self.policy.mode == "continue" and self.delivered:
-            partial = "".join(self.delivered)
-            messages = list(self.kwargs["messages"]) + [
-                {"role": "assistant", "content": partial},
-                {"role": "user", "content": self.policy.continue_prompt},
-            ]
-            return {**self.kwargs, "messages": messages}
+            request, self.overlap = provider.continuation(
+                kind, self.kwargs, "".join(self.delivered), self.policy.continue_prompt
+            )
+            return request
         return dict(self.kwargs)
 
     def attempt_context(self) -> Any:
         """Around ``create``: the attempt is a child of our span, in our chain."""
         return _AttemptContext(self)
 
-    def observe(self, chunk: Any) -> None:
+    def observe(self, chunk: Any) -> Any:
+        """Note one chunk; returns the chunk to give the consumer (continue mode may trim a repeat)."""
         assert self.monitor is not None
         self.monitor.chunk(time.perf_counter(), chunk)
         if self.policy.mode == "continue":
-            for choice in getattr(chunk, "choices", None) or ():
-                delta = getattr(choice, "delta", None)
-                text = getattr(delta, "content", None)
-                if choice.index == 0 and isinstance(text, str):
-                    self.delivered.append(text)
+            text = self.provider.delta_text(self.kind, chunk)
+            if text is not None:
+                if self.overlap:
+                    chunk = self.provider.without_prefix(self.kind, chunk, self.overlap)
+                    text = text[len(self.overlap):] if text.startswith(self.overlap) else text
+                    self.overlap = ""
+                self.delivered.append(text)
+        return chunk
 
     # --- after an attempt: None = done, a float = sleep then retry ------------
     def ended(self) -> Optional[float]:
@@ -298,8 +335,7 @@ def _sync_loop(run: ResilientRun) -> Iterator[Any]:
                 with run.attempt_context():
                     stream = run.create(**request)
                 for chunk in stream:
-                    run.observe(chunk)
-                    yield chunk
+                    yield run.observe(chunk)
                 delay = run.ended()
             except Exception as exc:  # noqa: BLE001 - re-raised by failed() unless retried
                 delay = run.failed(exc)
@@ -332,8 +368,7 @@ async def _async_loop(run: ResilientRun) -> AsyncIterator[Any]:
                 with run.attempt_context():
                     stream = await run.create(**request)
                 async for chunk in stream:
-                    run.observe(chunk)
-                    yield chunk
+                    yield run.observe(chunk)
                 delay = run.ended()
             except Exception as exc:  # noqa: BLE001 - re-raised by failed() unless retried
                 delay = run.failed(exc)

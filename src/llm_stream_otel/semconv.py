@@ -38,8 +38,12 @@ GEN_AI_USAGE_OUTPUT_TOKENS = _gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
 GEN_AI_USAGE_REASONING_OUTPUT_TOKENS = getattr(
     _gen_ai, "GEN_AI_USAGE_REASONING_OUTPUT_TOKENS", "gen_ai.usage.reasoning.output_tokens"
 )
+# Parts of the input tokens (which include them), where the API reports them (Anthropic).
 GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS = getattr(
     _gen_ai, "GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS", "gen_ai.usage.cache_read.input_tokens"
+)
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS = getattr(
+    _gen_ai, "GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS", "gen_ai.usage.cache_creation.input_tokens"
 )
 GEN_AI_TOKEN_TYPE = _gen_ai.GEN_AI_TOKEN_TYPE
 SERVER_ADDRESS = _server.SERVER_ADDRESS
@@ -48,6 +52,7 @@ ERROR_TYPE = _error.ERROR_TYPE
 ERROR_TYPE_OTHER = "_OTHER"
 
 PROVIDER_OPENAI = "openai"
+PROVIDER_ANTHROPIC = "anthropic"
 OPERATION_CHAT = "chat"
 OPERATION_TEXT_COMPLETION = "text_completion"
 # google-genai: the Gemini Developer API and Vertex AI clients

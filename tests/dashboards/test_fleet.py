@@ -245,9 +245,10 @@ def test_alert_expressions_per_service_equal_the_counts(fleet_run):
     trunc_guard = _values(prom.query(lifetime(trunc.guard.rsplit(">=", 1)[0]), end))
     fix_value = _values(prom.query(lifetime(fix.value), end))
     for svc, samples in fleet_run["expositions"].items():
-        pairs = {(labels[names.MODEL], labels[names.SERVER]) for n, labels, _ in samples if n == names.OUTCOMES}
-        for model, server in pairs:
-            key = tuple(sorted({"job": svc, names.PROVIDER: "openai", names.MODEL: model, names.SERVER: server}.items()))
+        pairs = {(labels[names.PROVIDER], labels[names.MODEL], labels[names.SERVER])
+                 for n, labels, _ in samples if n == names.OUTCOMES}
+        for provider, model, server in pairs:
+            key = tuple(sorted({"job": svc, names.PROVIDER: provider, names.MODEL: model, names.SERVER: server}.items()))
             sel = {names.MODEL: model, names.SERVER: server}
             streams = _total(samples, names.OUTCOMES, **sel)
             truncated = _total(samples, names.OUTCOMES, **sel, **{names.OUTCOME: "truncated"})

@@ -93,6 +93,7 @@ class Expect:
 @dataclass
 class _Facts:
     chunks: int = 0
+    generated: int = 0  # timed chunks: from the first generated one (Responses: the first *.delta) on
     finished: List[Tuple[int, str]] = field(default_factory=list)
     max_index: int = -1
     error_event: bool = False  # responses: an error / response.failed event
@@ -124,6 +125,8 @@ def _read(endpoint: str, events: Sequence[str], facts: _Facts) -> bool:
             facts.raised_in_data = True
             return False
         facts.chunks += 1
+        if endpoint != "responses" or facts.generated or (isinstance(obj, dict) and str(obj.get("type")).endswith(".delta")):
+            facts.generated += 1
         if not isinstance(obj, dict):
             continue
         if endpoint == "responses":
@@ -159,7 +162,8 @@ def expected(scn: Scenario, raised: Optional[BaseException]) -> Expect:
         before, after = _Facts(), _Facts()
         if _read(scn.endpoint, scn.events[: scn.position], before):
             _read(scn.endpoint, scn.events[scn.position :], after)
-        stall = before.chunks > 0 and after.chunks > 0
+        # A gap is only timed after the first generated chunk (a leading notification is not timed).
+        stall = before.generated > 0 and after.chunks > 0
     # Issue 12: [DONE] on the wire completes a stream even without finish reasons.
     terminal = facts.terminal() or facts.done
     if raised is not None:

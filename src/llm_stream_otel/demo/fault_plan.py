@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Pattern, Protocol, Sequence, Tuple, Union
 
@@ -51,6 +52,7 @@ __all__ = [
     "request_info",
     "build_plan",
     "error_body",
+    "openai_error",
 ]
 
 FAULT_NAMES = frozenset(
@@ -75,22 +77,25 @@ FAULT_NAMES = frozenset(
         "http_502",
         "http_504",
         "prompt_blocked",
+        "overloaded",
     }
 )
-_KNOWN_KEYS = frozenset({"chunks", "delay", "first_delay", "after", "first", "usage", "seconds", "retry_after_ms"})
-_INT_KEYS = frozenset({"chunks", "after", "first", "usage"})
+_KNOWN_KEYS = frozenset({"chunks", "delay", "first_delay", "after", "first", "usage", "seconds", "retry_after_ms",
+                         "type", "cache_read", "cache_creation"})
+_INT_KEYS = frozenset({"chunks", "after", "first", "usage", "cache_read", "cache_creation"})
+_WORD_KEYS = frozenset({"type"})  # a word, not a number: error_event;type=overloaded_error
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 RESPONSES_PATH = "/v1/responses"
 STREAM_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 
-_HTTP_FAULTS = {"http_500": 500, "http_429": 429, "http_503": 503}
+_HTTP_FAULTS = {"http_500": 500, "http_429": 429, "http_503": 503, "overloaded": 529}
 # An intermediary's own error page before any body: HTML from "nginx", not JSON.
 _GATEWAY_FAULTS = {"http_502": 502, "http_504": 504}
 _FINISH_FAULTS = {"none": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
 # Keys that still matter when a `first=K` fault degrades to `none` (they shape the answer).
-_CONTENT_KEYS = ("chunks", "delay", "first_delay", "usage")
+_CONTENT_KEYS = ("chunks", "delay", "first_delay", "usage", "cache_read", "cache_creation")
 
 
 class FaultSpecError(ValueError):
@@ -165,6 +170,10 @@ def _parse_param(part: str) -> Tuple[str, str]:
     key, value = key.strip().lower(), value.strip()
     if not sep or key not in _KNOWN_KEYS:
         raise FaultSpecError(f"bad fault parameter {part!r}; known keys: {', '.join(sorted(_KNOWN_KEYS))}")
+    if key in _WORD_KEYS:
+        if not re.fullmatch(r"[a-z_]{1,64}", value):
+            raise FaultSpecError(f"fault parameter {key} needs a word of a-z and _, got {value!r}")
+        return key, value
     try:
         number = int(value) if key in _INT_KEYS else float(value)
     except ValueError:
@@ -746,14 +755,23 @@ def _retry_headers(st: FaultSettings, status: int) -> Tuple[Tuple[str, str], ...
     return tuple(headers)
 
 
+_OPENAI_HTTP_ERRORS = {
+    429: ("Rate limit reached (injected by fault server).", "requests", "rate_limit_exceeded"),
+    503: ("The server is overloaded (injected by fault server).", "server_error", "overloaded"),
+    500: ("The server had an error (injected by fault server).", "server_error", None),
+}
+
+
+def openai_error(status: int, message: Optional[str] = None, code: Optional[str] = None) -> Dict[str, Any]:
+    """OpenAI's error envelope for an HTTP status (the injected ones have their own words)."""
+    default, type_, default_code = _OPENAI_HTTP_ERRORS.get(status, ("", "invalid_request_error", None))
+    if status >= 500 and status not in _OPENAI_HTTP_ERRORS:
+        type_ = "server_error"
+    return error_body(message or default, type_, code or default_code)
+
+
 def _http_fault(st: FaultSettings, status: int) -> PlainResponse:
-    if status == 429:
-        body = error_body("Rate limit reached (injected by fault server).", "requests", "rate_limit_exceeded")
-    elif status == 503:
-        body = error_body("The server is overloaded (injected by fault server).", "server_error", "overloaded")
-    else:
-        body = error_body("The server had an error (injected by fault server).", "server_error", None)
-    return PlainResponse(status, body, _retry_headers(st, status))
+    return PlainResponse(status, openai_error(status), _retry_headers(st, status))
 
 
 def _stream_error_reply() -> PlainResponse:
@@ -781,6 +799,8 @@ def _check_endpoint(info: RequestInfo, st: FaultSettings) -> None:
         raise FaultSpecError("fault tool_calls does not apply to /v1/completions")
     if st.name == "prompt_blocked":
         raise FaultSpecError("fault prompt_blocked only applies to the Gemini API")
+    if st.name == "overloaded":
+        raise FaultSpecError("fault overloaded (HTTP 529) only applies to the Anthropic API")
 
 
 # --------------------------------------------------------------------------- the APIs the server speaks
@@ -822,9 +842,18 @@ class Api:
     http_error: Callable[[FaultSettings, int], PlainResponse]  # an injected 429/500/503 before any body
     stream_error_reply: Callable[[], PlainResponse]  # a non-streaming request's error_event
     check: Callable[[RequestInfo, FaultSettings], None]  # raises FaultSpecError for faults it cannot honour
+    #: (status, message, code) -> the API's error body, for the server's own 400/404/405 replies
+    error: Callable[[int, str, Optional[str]], Dict[str, Any]] = openai_error
+    headers: Tuple[Tuple[str, str], ...] = ()  # response headers the real API adds
+    request_id_header: str = "x-request-id"
+
+    def response_headers(self, request_id: str) -> Tuple[Tuple[str, str], ...]:
+        """Its request id header and the other headers the real API sends."""
+        return ((self.request_id_header, request_id),) + self.headers
 
 
-OPENAI = Api("openai", request_info, prompt_key, _openai_builder, _http_fault, _stream_error_reply, _check_endpoint)
+OPENAI = Api("openai", request_info, prompt_key, _openai_builder, _http_fault, _stream_error_reply, _check_endpoint,
+             headers=(("openai-version", "2020-10-01"), ("openai-processing-ms", "1")))
 Route = Tuple[Union[str, Pattern[str]], Api]
 OPENAI_ROUTES: Tuple[Route, ...] = tuple((path, OPENAI) for path in STREAM_PATHS)
 
@@ -880,11 +909,11 @@ def _plain_plan(api: Api, st: FaultSettings, b: EventBuilder) -> Plan:
 
 def build_plan(info: RequestInfo, st: FaultSettings, token: str, created: int, api: Api = OPENAI) -> Plan:
     """Turn a request + resolved fault into what the socket layer must do."""
+    api.check(info, st)
     if st.name in _HTTP_FAULTS:
         return Plan(plain=api.http_error(st, _HTTP_FAULTS[st.name]))
     if st.name in _GATEWAY_FAULTS:
         return Plan(plain=_gateway_fault(st))
-    api.check(info, st)
     b = _builder(api, info, _Ids(token, created), st)
     if not info.stream:
         return _plain_plan(api, st, b)

@@ -1,4 +1,4 @@
-"""Embedded OpenAI- and Gemini-compatible SSE server that injects REAL transport faults.
+"""Embedded OpenAI-, Anthropic- and Gemini-compatible SSE server that injects REAL transport faults.
 
 Mocks at the HTTP-client layer cannot reproduce what breaks in production: a TCP
 RST in the middle of a chunked frame, a FIN before the terminating chunk, a
@@ -18,6 +18,12 @@ payload building lives there, this module only does sockets and threads. A
 request carrying the header of a registered planner (``register_planner``;
 the tests register ``X-Script``, a client's own SSE payloads) gets that
 planner's plan instead.
+
+Anthropic clients take :attr:`FaultServer.origin` as their base URL (they add
+``/v1/messages`` themselves); the Anthropic-only faults are ``error_event;type=...``
+(an ``event: error`` mid-stream, ``overloaded_error`` by default) and ``overloaded``
+(HTTP 529). An assistant prefill (the last message) that is a prefix of the
+answer gets only the rest, like a chat "continue" request.
 
 Chat "continue" requests (an assistant message holding a prefix of the canonical
 answer, then a final user turn) get only the missing pieces. The canonical answer
@@ -57,6 +63,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = termios = None  # type: ignore[assignment]
 
 from .fault_plan import (
+    OPENAI,
     OPENAI_ROUTES,
     Action,
     Api,
@@ -73,10 +80,11 @@ from .fault_plan import (
     answer_for,
     apply_first,
     build_plan,
-    error_body,
+    openai_error,
     parse_mix,
     resolve_settings,
 )
+from .anthropic_events import ANTHROPIC_ROUTES
 from .gemini_events import GEMINI_ROUTES
 
 __all__ = ["FaultServer", "Fault", "RecordedRequest", "answer_for", "add_arguments", "run_from_args", "main"]
@@ -101,7 +109,18 @@ _FLUSH_GRACE = 0.02  # let written bytes reach the peer before an abortive close
 _DELIVERY_TIMEOUT = 10.0
 _TIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if termios is not None else None
 # Every path the server answers, and the API that speaks it.
-ROUTES = Routes(OPENAI_ROUTES, GEMINI_ROUTES)
+ROUTES = Routes(OPENAI_ROUTES, ANTHROPIC_ROUTES, GEMINI_ROUTES)
+
+
+def endpoint_error(path: str, status: int, message: str, code: Optional[str] = None) -> Dict[str, Any]:
+    """The error body the API at ``path`` answers with (OpenAI's envelope for unknown paths)."""
+    api = ROUTES.match(path)
+    return api.error(status, message, code) if api is not None else openai_error(status, message, code)
+
+
+def endpoint_headers(path: str, request_id: str) -> Tuple[Tuple[str, str], ...]:
+    """Response headers the real API at ``path`` sends: its request id header, ``openai-version``, ..."""
+    return (ROUTES.match(path) or OPENAI).response_headers(request_id)
 
 
 @dataclass
@@ -210,8 +229,11 @@ def _frame(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+_PHRASES = {529: "Overloaded"}  # Anthropic's status, not in the IANA registry
+
+
 def _head(status: int, headers: Sequence[Tuple[str, str]]) -> bytes:
-    reason = HTTPStatus(status).phrase
+    reason = _PHRASES.get(status) or HTTPStatus(status).phrase
     lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -372,6 +394,11 @@ class FaultServer:
         return f"http://{self.host}:{self.port}/"
 
     @property
+    def origin(self) -> str:
+        """``http://host:port``: the base URL of SDKs that add ``/v1/...`` themselves (``anthropic``)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
     def requests(self) -> List[RecordedRequest]:
         """Recorded requests in arrival order (live list)."""
         return self._requests
@@ -433,11 +460,12 @@ class FaultServer:
         api = ROUTES.match(req.path)
         if api is None:
             self._record(req, body, None)
-            return self._send_plain(conn, PlainResponse(404, error_body(f"Unknown path {req.path}", code="not_found")))
+            return self._send_plain(conn, PlainResponse(404, endpoint_error(req.path, 404, f"Unknown path {req.path}",
+                                                                            "not_found")), path=req.path)
         if req.method != "POST" or not isinstance(body, dict):
             self._record(req, body, None)
-            msg = "Expected POST with a JSON object body"
-            return self._send_plain(conn, PlainResponse(400 if req.method == "POST" else 405, error_body(msg)))
+            msg, status = "Expected POST with a JSON object body", 400 if req.method == "POST" else 405
+            return self._send_plain(conn, PlainResponse(status, endpoint_error(req.path, status, msg)), path=req.path)
         for header, planner in _PLANNERS.items():
             if req.headers.get(header):
                 return self._respond_planned(conn, req, body, planner, req.headers[header])
@@ -448,12 +476,13 @@ class FaultServer:
             plan = build_plan(info, settings, uuid.uuid4().hex, int(time.time()), api)
         except FaultSpecError as exc:
             self._record(req, body, None)
-            return self._send_plain(conn, PlainResponse(400, error_body(str(exc), code="invalid_fault")))
+            return self._send_plain(conn, PlainResponse(400, endpoint_error(req.path, 400, str(exc), "invalid_fault")),
+                                    path=req.path)
         self._record(req, body, fault)
         extra = (("x-fault-applied", fault.spec),)
         if plan.plain is not None:
-            return self._send_plain(conn, plan.plain, extra)
-        return self._send_stream(conn, plan.actions, extra)
+            return self._send_plain(conn, plan.plain, extra, req.path)
+        return self._send_stream(conn, plan.actions, extra, req.path)
 
     def _respond_planned(
         self, conn: socket.socket, req: _HttpRequest, body: Dict[str, Any], planner: "Planner", value: str
@@ -463,12 +492,13 @@ class FaultServer:
             plan, fault = planner(value, req.path, body)
         except FaultSpecError as exc:
             self._record(req, body, None)
-            return self._send_plain(conn, PlainResponse(400, error_body(str(exc), code="invalid_script")))
+            return self._send_plain(conn, PlainResponse(400, endpoint_error(req.path, 400, str(exc), "invalid_script")),
+                                    path=req.path)
         self._record(req, body, fault)
         extra = (("x-fault-applied", "script:" + fault.spec),)
         if plan.plain is not None:
-            return self._send_plain(conn, plan.plain, extra)
-        return self._send_stream(conn, plan.actions, extra)
+            return self._send_plain(conn, plan.plain, extra, req.path)
+        return self._send_stream(conn, plan.actions, extra, req.path)
 
     def _choose_fault(self, req: _HttpRequest, body: Dict[str, Any], api: Api) -> Fault:
         """X-Fault header > weighted mix > default, then the per-prompt ``first=K`` rule."""
@@ -494,23 +524,22 @@ class FaultServer:
 
     # -- response writing ----------------------------------------------------------
 
-    def _common_headers(self) -> List[Tuple[str, str]]:
+    def _common_headers(self, path: str) -> List[Tuple[str, str]]:
         return [
             ("date", email.utils.formatdate(usegmt=True)),
             ("server", "llm-stream-otel-fault-server"),
-            ("x-request-id", "req_" + uuid.uuid4().hex),
-            ("openai-version", "2020-10-01"),
-            ("openai-processing-ms", "1"),
+            *endpoint_headers(path, "req_" + uuid.uuid4().hex),
         ]
 
-    def _send_plain(self, conn: socket.socket, resp: PlainResponse, extra: Sequence[Tuple[str, str]] = ()) -> bool:
+    def _send_plain(self, conn: socket.socket, resp: PlainResponse, extra: Sequence[Tuple[str, str]] = (),
+                    path: str = "") -> bool:
         """JSON reply; ``truncate`` sends half the declared body then RST/FIN."""
         if resp.pause and not self._sleep(resp.pause):
             _fin(conn)
             return False
         payload = resp.html.encode("utf-8") if resp.html is not None else json.dumps(resp.body).encode("utf-8")
         own = {key for key, _ in resp.headers}
-        common = [(k, v) for k, v in self._common_headers() if k not in own]
+        common = [(k, v) for k, v in self._common_headers(path) if k not in own]
         headers = common + list(extra) + list(resp.headers) + [
             ("content-type", "text/html" if resp.html is not None else "application/json"),
             ("content-length", str(len(payload))),
@@ -523,9 +552,10 @@ class FaultServer:
         self._abort(conn, rst=resp.truncate == "rst")
         return False
 
-    def _send_stream(self, conn: socket.socket, actions: Sequence[Action], extra: Sequence[Tuple[str, str]]) -> bool:
+    def _send_stream(self, conn: socket.socket, actions: Sequence[Action], extra: Sequence[Tuple[str, str]],
+                     path: str = "") -> bool:
         """200 + chunked SSE body driven by the plan; False if the connection was aborted."""
-        headers = self._common_headers() + list(extra) + [
+        headers = self._common_headers(path) + list(extra) + [
             ("content-type", "text/event-stream; charset=utf-8"),
             ("transfer-encoding", "chunked"),
             ("cache-control", "no-cache"),

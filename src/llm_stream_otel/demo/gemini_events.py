@@ -225,6 +225,8 @@ def _stream_error_reply() -> PlainResponse:
 def _check(info: RequestInfo, st: FaultSettings) -> None:
     if st.name == "response_failed":
         raise FaultSpecError("fault response_failed only applies to /v1/responses")
+    if st.name == "overloaded":
+        raise FaultSpecError("fault overloaded (HTTP 529) only applies to the Anthropic API")
 
 
 GEMINI = Api("gemini", gemini_request_info, gemini_prompt_key, GeminiEvents, _http_error, _stream_error_reply, _check)

@@ -1,9 +1,10 @@
 """``llm-stream-otel demo``: real streams, cut in real ways, measured live.
 
 Starts the embedded fault server on a free loopback port, instruments the
-real openai client, drives a weighted mix of scenarios (sync and async,
-chat, Responses and legacy completions, cuts, stalls, silent truncations,
-app retry loops, the resilient helper) and ends with the numbers.
+real openai client (and the anthropic one, when installed), drives a
+weighted mix of scenarios (sync and async, chat, Responses, legacy
+completions and Anthropic messages, cuts, stalls, silent truncations, app
+retry loops, the resilient helper) and ends with the numbers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..instrumentor import LLMStreamInstrumentor
 from .fault_server import FaultServer
 from .otel_setup import DemoTelemetry, PortBusyError, setup
 from . import gemini_scenarios
-from .scenarios import GEMINI_SCENARIOS, LONG_ANSWER, SCENARIOS, Scenario, pick, run_scenario
+from .scenarios import GEMINI_SCENARIOS, LONG_ANSWER, Scenario, available_scenarios, pick, run_scenario
 from .summary import Summary, render_text, summarize, summary_rows
 
 
@@ -131,7 +132,7 @@ class _Restarts:
 def _drive(server: FaultServer, options: DemoOptions, progress: _Progress, stop: threading.Event) -> List[int]:
     """Run the traffic; return how many streams each simulated restart cut."""
     rng = random.Random(options.seed)
-    mix = list(SCENARIOS) + (list(GEMINI_SCENARIOS) if options.gemini else [])
+    mix = list(available_scenarios()) + (list(GEMINI_SCENARIOS) if options.gemini else [])
     deadline = time.monotonic() + options.duration if options.duration else None
     submitted = completed = 0
     running: Set[Future] = set()  # the steady traffic, at most ``concurrency`` calls

@@ -9,6 +9,7 @@ the ``X-Fault`` header.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
@@ -23,7 +24,7 @@ from . import gemini_scenarios
 class Scenario:
     name: str
     weight: float
-    endpoint: str  # chat | responses | completions | gemini
+    endpoint: str  # chat | responses | completions | messages (anthropic) | gemini
     fault: str
     style: str  # plain | app_retry | resilient_restart | resilient_continue
     is_async: bool = False
@@ -72,10 +73,36 @@ GEMINI_SCENARIOS: Tuple[Scenario, ...] = tuple(
 LONG_ANSWER = Scenario("chat, long answer cut by a restart, app retry loop", 0, "chat", "none;chunks=80;delay=0.03",
                        "app_retry")
 
+# The same server speaks Anthropic's /v1/messages: its own failure modes (an
+# `event: error` after the 200, HTTP 529), when the anthropic SDK is installed.
+ANTHROPIC_SCENARIOS: Tuple[Scenario, ...] = (
+    Scenario("anthropic, healthy", 8, "messages", "none", "plain"),
+    Scenario("anthropic, healthy (async)", 4, "messages", "none", "plain", is_async=True),
+    Scenario("anthropic, token limit", 1, "messages", "length", "plain"),
+    Scenario("anthropic, slow first token", 2, "messages", "none;first_delay=0.8", "plain"),
+    Scenario("anthropic, overloaded_error event", 3, "messages", "error_event", "plain"),
+    Scenario("anthropic, 529 then ok (SDK retries)", 2, "messages", "overloaded;first=1", "plain", max_retries=2),
+    Scenario("anthropic, socket reset (async)", 2, "messages", "reset_mid_chunk", "plain", is_async=True),
+    Scenario("anthropic, silent truncation", 2, "messages", "missing_terminator", "plain"),
+    Scenario("anthropic, overloaded once, app retry loop", 3, "messages", "error_event;first=1", "app_retry"),
+    Scenario("anthropic, resilient helper, continue", 2, "messages", "cut_mid_chunk;first=1", "resilient_continue"),
+)
+
+
+def available_scenarios() -> Tuple[Scenario, ...]:
+    """Every scenario whose SDK is installed (openai always; anthropic when importable)."""
+    if importlib.util.find_spec("anthropic") is None:
+        return SCENARIOS
+    return SCENARIOS + ANTHROPIC_SCENARIOS
+
+
 _FAST_POLICY = dict(initial_backoff=0.05, max_backoff=0.4, max_attempts=4)
 
 
 def _kwargs(scenario: Scenario, prompt: str) -> dict:
+    if scenario.endpoint == "messages":
+        return dict(model="claude-demo", max_tokens=256, messages=[{"role": "user", "content": prompt}],
+                    extra_headers={"X-Fault": scenario.fault})
     common = dict(model="gpt-demo-mini" if "responses" not in scenario.name else "gpt-demo", extra_headers={"X-Fault": scenario.fault})
     if scenario.endpoint == "chat":
         common["messages"] = [{"role": "user", "content": prompt}]
@@ -89,6 +116,8 @@ def _kwargs(scenario: Scenario, prompt: str) -> dict:
 
 
 def _create(client: Any, endpoint: str) -> Callable[..., Any]:
+    if endpoint == "messages":
+        return client.messages.create
     return {"chat": client.chat.completions, "responses": client.responses, "completions": client.completions}[
         endpoint
     ].create
@@ -101,9 +130,21 @@ def _client_options(scenario: Scenario) -> dict:
     return options
 
 
+def _client(scenario: Scenario, base_url: str, is_async: bool) -> Any:
+    """The SDK client of the scenario's API (anthropic's base URL is the server root, without /v1)."""
+    if scenario.endpoint == "messages":
+        import anthropic
+
+        cls = anthropic.AsyncAnthropic if is_async else anthropic.Anthropic
+        origin = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+        return cls(base_url=origin, **{**_client_options(scenario), "api_key": "sk-ant-demo-not-a-real-key"})
+    cls = openai.AsyncOpenAI if is_async else openai.OpenAI
+    return cls(base_url=base_url, **_client_options(scenario))
+
+
 def run_sync(scenario: Scenario, base_url: str, prompt: str) -> str:
     """Run one logical call; return what the app experienced, in a few words."""
-    with openai.OpenAI(base_url=base_url, **_client_options(scenario)) as client:
+    with _client(scenario, base_url, False) as client:
         create = _create(client, scenario.endpoint)
         kwargs = _kwargs(scenario, prompt)
         if scenario.style.startswith("resilient"):
@@ -131,7 +172,7 @@ def run_sync(scenario: Scenario, base_url: str, prompt: str) -> str:
 
 
 async def run_async(scenario: Scenario, base_url: str, prompt: str) -> str:
-    client = openai.AsyncOpenAI(base_url=base_url, **_client_options(scenario))
+    client = _client(scenario, base_url, True)
     try:
         create = _create(client, scenario.endpoint)
         kwargs = _kwargs(scenario, prompt)
@@ -161,5 +202,5 @@ def run_scenario(scenario: Scenario, base_url: str, prompt: str) -> str:
 
 
 def pick(rng: Any, scenarios: Optional[List[Scenario]] = None) -> Scenario:
-    pool = list(scenarios or SCENARIOS)
+    pool = list(scenarios or available_scenarios())
     return rng.choices(pool, weights=[s.weight for s in pool], k=1)[0]

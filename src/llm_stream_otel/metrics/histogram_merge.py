@@ -57,7 +57,7 @@ class GapRecorder:
 
     def record_gaps(self, monitor: Any, attributes: Dict[str, Any]) -> str:
         """Record every gap of a settled monitor; returns the path taken (for tests and the bench)."""
-        if monitor.chunks < 2:
+        if monitor.gaps < 1:
             return "none"
         if self.fast_path:
             path = _merge_into_sdk(self.histogram, self.bounds, monitor, attributes)
@@ -213,7 +213,7 @@ class _Gaps:
         self.gap_total = sum(gaps)
         self.gap_min = min(gaps)
         self.gap_max = max(gaps)
-        self.chunks = len(gaps) + 1
+        self.gaps = len(gaps)
 
 
 def _self_test(sdk: Dict[str, Any]) -> bool:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, List, Optional
+from typing import List
 
 from .base import Provider
 
 _logger = logging.getLogger(__name__)
 
 # module (under providers/) of each provider
-PROVIDERS = ("openai", "google_genai")
+PROVIDERS = ("openai", "anthropic", "google_genai")
 
 
 def installed() -> List[Provider]:
@@ -30,16 +30,3 @@ def installed() -> List[Provider]:
         if provider.available():
             found.append(provider)
     return found
-
-
-_installed: List[Provider] = []
-
-
-def provider_for(method: Any) -> Optional[Provider]:
-    """The installed provider whose SDK ``method`` belongs to (for the resilient helper), or None."""
-    if not _installed:
-        _installed.extend(installed())
-    for provider in _installed:
-        if provider.owns(method):
-            return provider
-    return None

@@ -11,6 +11,10 @@ retries and recording; it never imports an SDK. A provider knows one SDK:
   attributes (``RequestInfo``); never the prompt.
 - ``reader(kind)``: reads each chunk's facts into the ``StreamMonitor``
   (finish reasons, the terminator, usage, ids, opted-in text).
+- ``notice_test(kind)``: which leading chunks are service notifications
+  (Responses' ``response.created``, Anthropic's ``message_start``), read and
+  counted but not timed: time to first chunk and the gaps start at the first
+  generated chunk. None (the default): every chunk is generated.
 - ``finish_outcomes``: finish/stop reason -> outcome (unknown: completed).
 - ``is_error_event(exc)``: does this SDK exception carry an error event the
   server sent inside the stream (-> ``truncated/error_event``)?
@@ -34,10 +38,14 @@ retries and recording; it never imports an SDK. A provider knows one SDK:
   layer, where it also counts the SDK's retries (``StreamCall.sdk_retry``).
 
 For the resilient helper (``resilient.py``), which takes the app's bound
-streaming method: ``sdk_module`` (``owns(method)``: is it this SDK's?),
+streaming method: ``kind_of(method)`` (is this bound SDK method one of
+ours, and which kind; ``owns`` checks the ``sdk_module``),
 ``stream_request(kwargs)`` (the arguments that make it stream),
-``kind_for(kwargs)`` (which ``reader`` fits) and ``http_status(exc)`` (the
-HTTP status of a failed request, for what is worth retrying).
+``http_status(exc)`` (the HTTP status of a failed request, for what is
+worth retrying), ``delta_text(kind, chunk)`` (the generated text of a chunk,
+first choice), ``continuation(kind, kwargs, partial, prompt)`` (the request
+that continues ``partial``, and the text the model will repeat at its
+start) and ``without_prefix(kind, chunk, prefix)``.
 
 A hook may be a plain function bound on the instance (``self.reader =
 reader_for``): the per-stream path then saves a frame per hook.
@@ -117,6 +125,9 @@ class Provider:
     def reader(self, kind: str) -> ChunkReader:
         raise NotImplementedError
 
+    def notice_test(self, kind: str) -> Optional[Callable[[Any], bool]]:
+        return None
+
     def is_error_event(self, exc: BaseException) -> bool:
         return False
 
@@ -145,15 +156,34 @@ class Provider:
         module = type(owner).__module__ if owner is not None else ""
         return bool(self.sdk_module) and (module == self.sdk_module or module.startswith(self.sdk_module + "."))
 
+    def kind_of(self, method: Any) -> Optional[str]:
+        """The kind (for ``reader``) of a bound streaming method of this SDK, or None: not ours."""
+        return None
+
     def stream_request(self, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
         """The arguments that make the method return a stream."""
         return dict(kwargs)
-
-    def kind_for(self, kwargs: Mapping[str, Any]) -> str:
-        """The method kind (for ``reader``) of a call with these arguments."""
-        return ""
 
     def http_status(self, exc: BaseException) -> Optional[int]:
         """The HTTP status of an SDK exception for an error response, else None."""
         status = getattr(exc, "status_code", None)
         return status if isinstance(status, int) else None
+
+    def delta_text(self, kind: str, chunk: Any) -> Optional[str]:
+        return None
+
+    def continuation(self, kind: str, kwargs: Mapping[str, Any], partial: str, prompt: str) -> Tuple[dict, str]:
+        raise NotImplementedError
+
+    def without_prefix(self, kind: str, chunk: Any, prefix: str) -> Any:
+        return chunk
+
+
+def kind_by_owner(method: Any, targets: Any, find: Callable[[str, str], Optional[type]]) -> Optional[str]:
+    """The kind of a bound SDK method, by its instance's class among ``targets``' (module, class, kind, ...)."""
+    instance = getattr(method, "__self__", None)
+    for module_name, class_name, kind, *_ in targets:
+        owner = find(module_name, class_name)
+        if owner is not None and isinstance(instance, owner):
+            return kind
+    return None

@@ -3,7 +3,7 @@
 Layers:
 - ``sdk``: the openai client re-sends a failed request itself before any
   chunk arrives; we see each re-send as a request whose
-  ``x-stainless-retry-count`` header is above zero (see ``sdk_retries``).
+  ``x-stainless-retry-count`` header is above zero (see ``providers/stainless.py``).
 - ``application``: the app calls ``create`` again with the same request
   within the retry window after a truncated or failed attempt, in the same
   trace, or (untraced) from the same client and thread/task (``retry_scope``).

@@ -101,7 +101,7 @@ def response_facts(response: Any) -> Dict[str, Any]:
     found = intermediary(_header(headers, "server"), _header(headers, "via"))
     if found:
         facts[t.HTTP_INTERMEDIARY] = found
-    request_id = _header(headers, "x-request-id")
+    request_id = _header(headers, "x-request-id") or _header(headers, "request-id")  # openai, anthropic
     if request_id:
         facts[t.HTTP_REQUEST_ID] = request_id
     content_type = _header(headers, "content-type")

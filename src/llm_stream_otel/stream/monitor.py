@@ -17,6 +17,9 @@ from .. import semconv as t
 from .outcome import error_type, never, outcome_for_finish_reason, truncation_reason
 
 ChunkReader = Callable[["StreamMonitor", Any], None]
+# Is this chunk a service notification (``message_start``, ``response.created``)
+# rather than a generated packet? Asked only until the first generated chunk.
+NoticeTest = Callable[[Any], bool]
 
 # When choices end with different reasons (n > 1), the most severe wins.
 _INF = float("inf")
@@ -43,6 +46,9 @@ class StreamMonitor:
         "stall_threshold",
         "bucket_bounds",
         "reader",
+        "is_notice",
+        "notices",
+        "notice_at",
         "first_at",
         "last_at",
         "ended_at",
@@ -61,7 +67,9 @@ class StreamMonitor:
         "input_tokens",
         "output_tokens",
         "reasoning_tokens",
-        "cached_input_tokens",
+        "cache_read_tokens",
+        "cache_creation_tokens",
+        "announced_finish",
         "response_id",
         "response_model",
         "outcome",
@@ -89,6 +97,7 @@ class StreamMonitor:
         content_limit: int = 0,
         finish_outcomes: Optional[Mapping[str, str]] = None,
         is_error_event: Callable[[BaseException], bool] = never,
+        is_notice: Optional[NoticeTest] = None,
     ) -> None:
         self.started_at = started_at
         # The provider's rules: finish reason -> outcome, and which SDK exception is an in-stream error event.
@@ -97,6 +106,13 @@ class StreamMonitor:
         self.stall_threshold = stall_threshold
         self.bucket_bounds = bucket_bounds
         self.reader = reader
+        # Service notifications before the first generated chunk are read and
+        # counted, but not timed: time to first chunk and the gaps start at the
+        # first generated packet (Anthropic's first content_block_delta,
+        # Responses' first response.*.delta). None: every chunk is generated.
+        self.is_notice = is_notice
+        self.notices = 0
+        self.notice_at: Optional[float] = None  # when the last leading notification arrived
         self.first_at: Optional[float] = None
         self.last_at: Optional[float] = None
         self.ended_at: Optional[float] = None
@@ -116,12 +132,18 @@ class StreamMonitor:
         self.finished_choices: Set[int] = set()  # at most n (choices) entries
         self.max_choice = -1
         self.error_event = False
+        # input_tokens is the total input, cached or not (semconv); the two
+        # cache counts are parts of it, where the API reports them.
         self.input_tokens: Optional[int] = None
         self.output_tokens: Optional[int] = None
         # Parts of the above a provider reports apart (gen_ai.usage.reasoning.output_tokens,
-        # gen_ai.usage.cache_read.input_tokens); None where it does not.
+        # gen_ai.usage.cache_read/cache_creation.input_tokens); None where it does not.
         self.reasoning_tokens: Optional[int] = None
-        self.cached_input_tokens: Optional[int] = None
+        self.cache_read_tokens: Optional[int] = None
+        self.cache_creation_tokens: Optional[int] = None
+        # A finish reason sent ahead of the stream's terminator (Anthropic's
+        # message_delta before message_stop): it counts once the terminator comes.
+        self.announced_finish: Optional[str] = None
         self.response_id: Optional[str] = None
         self.response_model: Optional[str] = None
         self.outcome: Optional[str] = None
@@ -148,8 +170,13 @@ class StreamMonitor:
         # interpreter specialises; the C-level bisect only for gaps past the
         # first bucket boundary.
         last = self.last_at
-        self.last_at = now
         if last is None:
+            is_notice = self.is_notice
+            if is_notice is not None and is_notice(chunk):
+                self.notices += 1
+                self.notice_at = now
+                self.reader(self, chunk)
+                return
             self.first_at = now
         else:
             gap = now - last
@@ -163,6 +190,7 @@ class StreamMonitor:
                 self.gap_min = gap
             if gap > self.stall_threshold:
                 self._stall(now, gap)
+        self.last_at = now
         self.reader(self, chunk)
 
     def _stall(self, now: float, gap: float) -> None:
@@ -172,8 +200,14 @@ class StreamMonitor:
 
     @property
     def chunks(self) -> int:
-        """Chunks received so far."""
-        return 0 if self.first_at is None else 1 + sum(self.gap_counts)
+        """Chunks received so far, leading service notifications included."""
+        timed = 0 if self.first_at is None else 1 + sum(self.gap_counts)
+        return self.notices + timed
+
+    @property
+    def gaps(self) -> int:
+        """Gaps measured so far: between the generated chunks and those after them."""
+        return sum(self.gap_counts)
 
     @property
     def gap_total(self) -> float:
@@ -287,7 +321,9 @@ class StreamMonitor:
         silence that made a proxy cut the stream would be lost; above the
         stall threshold it is a stall too.
         """
-        since = self.last_at if self.last_at is not None else self.headers_at
+        since = self.last_at if self.last_at is not None else self.notice_at
+        if since is None:
+            since = self.headers_at
         if since is None:
             return
         idle = max(0.0, now - since)

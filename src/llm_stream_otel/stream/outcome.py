@@ -11,7 +11,8 @@ a timeout, a protocol-level cut of the body) by builtin types and class names.
 from __future__ import annotations
 
 import errno
-from typing import Callable, Iterator, Mapping, Optional
+import re
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from .. import semconv as t
 from ..metrics.cardinality import CardinalityLimiter
@@ -24,6 +25,9 @@ _INCOMPLETE_NAMES = frozenset(
     {"RemoteProtocolError", "IncompleteRead", "ChunkedEncodingError", "ProtocolError", "ClientPayloadError"}
 )
 _RESET_NAMES = frozenset({"ConnectionResetError", "ServerDisconnectedError"})
+
+_ERROR_TYPE_WORD = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
 
 def exception_chain(exc: BaseException, limit: int = 16) -> Iterator[BaseException]:
     """Yield ``exc`` and its causes/contexts, outermost first, each once."""
@@ -67,6 +71,20 @@ def never(exc: BaseException) -> bool:
     return False
 
 
+def _event_error_type(exc: BaseException) -> Optional[str]:
+    """The error type an in-stream error event names (Anthropic's ``overloaded_error``).
+
+    Provider-neutral: an HTTP status error raised with the stream's own status
+    (200) carries the event, and its body is the usual error envelope.
+    """
+    if getattr(exc, "status_code", None) != 200:
+        return None
+    body: Any = getattr(exc, "body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) and _ERROR_TYPE_WORD.fullmatch(kind) else None
+
+
 def truncation_reason(exc: BaseException, is_error_event: Callable[[BaseException], bool] = never) -> str:
     """The truncation reason for an exception raised while reading a stream.
 
@@ -86,7 +104,11 @@ def truncation_reason(exc: BaseException, is_error_event: Callable[[BaseExceptio
 
 
 def error_type(exc: BaseException) -> str:
-    """Low-cardinality ``error.type``: the exception's class name."""
+    """Low-cardinality ``error.type``: the exception's class name, or the type an
+    in-stream error event names (Anthropic's ``overloaded_error``)."""
+    event_type = _event_error_type(exc)
+    if event_type is not None:
+        return event_type
     name = type(exc).__qualname__
     return name if name and len(name) <= 128 else t.ERROR_TYPE_OTHER
 

@@ -45,6 +45,10 @@ def record_metrics(
     attrs = dict(base)
     if response_model:
         attrs[t.GEN_AI_RESPONSE_MODEL] = response_model
+    # Token usage carries no error type (semconv; the series budget, tools/dashboards/cardinality.py):
+    # a cut stream's usage so far (Anthropic's message_start, Gemini's running total) is
+    # recorded under the plain attributes.
+    usage_attrs = dict(attrs)
     err = outcome_error_type(monitor)
     if err:
         attrs[t.ERROR_TYPE] = err
@@ -63,13 +67,10 @@ def record_metrics(
         instruments.chunks.record(monitor.chunks, attrs)
     if monitor.stalls:
         instruments.stalls.add(monitor.stalls, attrs)
-    # Semconv's token usage has no error.type: a cut stream's usage so far (Gemini
-    # reports a running total on every chunk) is recorded under the plain attributes.
-    token_attrs = {key: value for key, value in attrs.items() if key != t.ERROR_TYPE} if err else attrs
     if monitor.input_tokens is not None:
-        instruments.token_usage.record(monitor.input_tokens, {**token_attrs, t.GEN_AI_TOKEN_TYPE: "input"})
+        instruments.token_usage.record(monitor.input_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "input"})
     if monitor.output_tokens is not None:
-        instruments.token_usage.record(monitor.output_tokens, {**token_attrs, t.GEN_AI_TOKEN_TYPE: "output"})
+        instruments.token_usage.record(monitor.output_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "output"})
 
     if monitor.outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
         idle_attrs = dict(attrs)
@@ -109,7 +110,7 @@ def annotate_span(
     if ttfc is not None:
         attrs[t.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
         attrs[t.TIME_TO_FIRST_CHUNK] = ttfc
-    if monitor.chunks > 1:
+    if monitor.gaps:
         attrs[t.MAX_GAP] = monitor.gap_max
     if monitor.response_id:
         attrs[t.GEN_AI_RESPONSE_ID] = monitor.response_id
@@ -123,8 +124,10 @@ def annotate_span(
         attrs[t.GEN_AI_USAGE_OUTPUT_TOKENS] = monitor.output_tokens
     if monitor.reasoning_tokens is not None:
         attrs[t.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = monitor.reasoning_tokens
-    if monitor.cached_input_tokens is not None:
-        attrs[t.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = monitor.cached_input_tokens
+    if monitor.cache_read_tokens is not None:
+        attrs[t.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = monitor.cache_read_tokens
+    if monitor.cache_creation_tokens is not None:
+        attrs[t.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = monitor.cache_creation_tokens
     if monitor.finish_reason_missing:
         attrs[t.FINISH_REASON_MISSING] = True
     if monitor.error_after_end:

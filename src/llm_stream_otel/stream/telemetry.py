@@ -105,5 +105,6 @@ class StreamTelemetry:
             CONTENT_CAPTURE_LIMIT if self.settings.capture_content else 0,
             provider.finish_outcomes,
             provider.is_error_event,
+            provider.notice_test(kind),
         )
         return StreamCall(self.recorder, span, monitor, metric_attrs, wall_start_ns, attempt)

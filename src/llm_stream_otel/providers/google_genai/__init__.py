@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from functools import partial
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Optional
 
 from ... import semconv as t
 from ...retries.fingerprint import request_fingerprint
@@ -83,8 +83,8 @@ class GoogleGenAIProvider(Provider):
     def retry_client(self, instance: Any) -> Any:
         return api_client_of(instance) or instance
 
-    def kind_for(self, kwargs: Mapping[str, Any]) -> str:
-        return KIND
+    def kind_of(self, method: Any) -> Optional[str]:
+        return KIND if self.owns(method) else None
 
     def http_status(self, exc: BaseException) -> Optional[int]:
         # APIError.code is the HTTP status of an error response (an error event's is its own code: not one)

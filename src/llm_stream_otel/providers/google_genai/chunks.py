@@ -85,7 +85,7 @@ def read_usage(monitor: StreamMonitor, usage: Any) -> None:
     if candidates is not None or thoughts is not None:
         monitor.output_tokens = (candidates or 0) + (thoughts or 0)
     monitor.reasoning_tokens = thoughts
-    monitor.cached_input_tokens = usage.cached_content_token_count
+    monitor.cache_read_tokens = usage.cached_content_token_count
 
 
 def _capture_text(monitor: StreamMonitor, candidate: Any) -> None:

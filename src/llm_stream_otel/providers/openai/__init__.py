@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import importlib.util
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 from ... import semconv as t
-from ..base import Patch, Provider
+from .. import stainless
+from ..base import Patch, Provider, kind_by_owner
 from . import wire
-from .chunks import reader_for
+from .chunks import notice_test_for, reader_for
 from .include_usage import HidingSource, with_usage_requested
 from .request import describe_request
-
-_RAW_HEADER = "x-stainless-raw-response"
 
 # finish_reason -> outcome; anything else (a compatible server's own words) is completed.
 FINISH_OUTCOMES: Mapping[str, str] = {
@@ -42,7 +41,10 @@ class OpenAIProvider(Provider):
         self.wire_strategy = wire.strategy()
         # The hooks that are plain functions, bound as they are (no delegating frame).
         self.describe = describe_request  # type: ignore[method-assign]
+        self.is_stream = stainless.is_stream  # type: ignore[method-assign]
+        self.stream_request = stainless.stream_request  # type: ignore[method-assign]
         self.reader = reader_for  # type: ignore[method-assign]
+        self.notice_test = notice_test_for  # type: ignore[method-assign]
         self.watch = partial(wire.watch_stream, how=self.wire_strategy)  # type: ignore[method-assign]
 
     def available(self) -> bool:
@@ -52,14 +54,6 @@ class OpenAIProvider(Provider):
         from .patches import patches
 
         return patches(telemetry, self)
-
-    def is_stream(self, kind: str, kwargs: Mapping[str, Any]) -> bool:
-        if kwargs.get("stream") is not True:
-            return False
-        headers = kwargs.get("extra_headers")
-        # ``with_raw_response`` / ``with_streaming_response`` return a response
-        # object, not a stream: leave those alone.
-        return not (headers and any(str(key).lower() == _RAW_HEADER for key in headers))
 
     @staticmethod
     def is_error_event(exc: BaseException) -> bool:
@@ -73,12 +67,23 @@ class OpenAIProvider(Provider):
     def source(self, result: Any, monitor: Any) -> Any:
         return HidingSource(result, monitor)
 
-    def stream_request(self, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
-        return {**kwargs, "stream": True}
+    def kind_of(self, method: Any) -> Optional[str]:
+        from .patches import CREATE_TARGETS, find
 
-    def kind_for(self, kwargs: Mapping[str, Any]) -> str:
-        # Chat and legacy completions share a chunk shape; the Responses API takes ``input``.
-        return "responses" if "input" in kwargs and "messages" not in kwargs else "chat"
+        return kind_by_owner(method, CREATE_TARGETS, find)
+
+    def delta_text(self, kind: str, chunk: Any) -> Optional[str]:
+        for choice in getattr(chunk, "choices", None) or ():
+            text = getattr(getattr(choice, "delta", None), "content", None)
+            if choice.index == 0 and isinstance(text, str):
+                return text
+        return None
+
+    def continuation(self, kind: str, kwargs: Mapping[str, Any], partial: str, prompt: str) -> Tuple[dict, str]:
+        """Chat: the partial answer as the assistant's turn, then a user turn asking to continue."""
+        messages = list(kwargs["messages"]) + [{"role": "assistant", "content": partial},
+                                               {"role": "user", "content": prompt}]
+        return {**kwargs, "messages": messages}, ""
 
 
 PROVIDER = OpenAIProvider

@@ -7,9 +7,9 @@ pydantic models in every supported major expose these fields.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from ...stream.monitor import ChunkReader, StreamMonitor
+from ...stream.monitor import ChunkReader, NoticeTest, StreamMonitor
 
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
@@ -125,6 +125,18 @@ def _read_response(monitor: StreamMonitor, response: Any) -> None:
         monitor.output_tokens = getattr(usage, "output_tokens", None)
 
 
+def is_response_notice(event: Any) -> bool:
+    """Responses: every event before the first ``response.*.delta`` (``response.created``,
+    ``response.in_progress``, ``response.output_item.added``, ...) is a service notification."""
+    kind = getattr(event, "type", None)
+    return not (isinstance(kind, str) and kind.endswith(".delta"))
+
+
 def reader_for(operation_kind: str) -> ChunkReader:
     """The chunk reader for an instrumented method kind."""
     return read_response_event if operation_kind == "responses" else read_choices_chunk
+
+
+def notice_test_for(operation_kind: str) -> Optional[NoticeTest]:
+    """Which leading chunks are service notifications, not chunks (None: every chunk counts)."""
+    return is_response_notice if operation_kind == "responses" else None

@@ -86,7 +86,7 @@ def patches(telemetry: Any, provider: Any) -> List[Patch]:
         owner = find(module_name, class_name)
         if owner is not None and "close" in vars(owner):
             out.append((owner, "close", helper_close_wrapper(is_async)))
-    from .sdk_retries import sdk_retry_patches
+    from ..stainless import sdk_retry_patches
 
-    out.extend(sdk_retry_patches())
+    out.extend(sdk_retry_patches("openai"))
     return out
