@@ -52,6 +52,7 @@ UNINSTRUMENTED = "uninstrumented"
 OURS = "llm-stream-otel"
 OPENAI_V2 = "openai-v2"
 OPENLLMETRY = "openllmetry"
+OPENINFERENCE = "openinference"
 OURS_AND_V2 = "llm-stream-otel+openai-v2"
 # Allocations in these files are the HTTP/SSE transport's, the same in every configuration.
 _TRANSPORT_FILES = (
@@ -72,6 +73,7 @@ CONFIGS: Dict[str, Tuple[str, ...]] = {
     OURS: ("ours",),
     OPENAI_V2: ("openai_v2",),
     OPENLLMETRY: ("openllmetry",),
+    OPENINFERENCE: ("openinference",),
     OURS_AND_V2: ("ours", "openai_v2"),
 }
 # Every process loads every instrumentor package (and instruments only its own
@@ -80,11 +82,16 @@ CONFIGS: Dict[str, Tuple[str, ...]] = {
 # otherwise be charged to whichever configuration loaded more. The control
 # below loads nothing extra and instruments nothing (callgrind only): its
 # difference to "uninstrumented" shows the size of that effect.
-ALL_PACKAGES = ("import:ours", "import:openai_v2", "import:openllmetry")
+ALL_PACKAGES = ("import:ours", "import:openai_v2", "import:openllmetry", "import:openinference")
 MINIMAL = "no extra imports (control)"
 CONFIGS[MINIMAL] = ()
 TIMED_CONFIGS = [c for c in CONFIGS if c != MINIMAL]
 MODES = ("sync", "async")
+# The short-stream phases of the callgrind run: the prompts (14 bytes and 100 KB,
+# same shape) and the pace of the paced stream (gaps past the first 10 ms bucket).
+SHORT_PROMPT = "Say lorem ips."  # 14 bytes
+LONG_PROMPT = ("lorem ipsum dolor sit amet " * 4000)[:100_000]
+PACE_MS = 15.0
 
 # The same environment for every configuration: content capture off everywhere
 # (the default of ours and of openai-v2; OpenLLMetry's default is on).
@@ -254,6 +261,10 @@ class _Harness:
             from opentelemetry.instrumentation.openai import OpenAIInstrumentor as TraceloopInstrumentor
 
             return TraceloopInstrumentor
+        if name == "openinference":
+            from openinference.instrumentation.openai import OpenAIInstrumentor as OpenInferenceInstrumentor
+
+            return OpenInferenceInstrumentor
         raise ValueError(name)  # pragma: no cover
 
     def _instrument(self, names: Tuple[str, ...]) -> None:
@@ -279,40 +290,63 @@ class _Harness:
         self._instrument(CONFIGS[config])
 
     # --- streams ----------------------------------------------------------------
-    def _kwargs(self, chunks: int) -> dict:
-        return {
+    def _kwargs(self, chunks: int, prompt: str = SHORT_PROMPT, pace_ms: float = 0, stream: bool = True) -> dict:
+        headers = {"x-bench-chunks": str(chunks)}
+        if pace_ms:
+            headers["x-bench-pace-ms"] = str(pace_ms)
+        kwargs = {
             "model": "gpt-bench",
-            "messages": [{"role": "user", "content": "Say lorem ipsum, many times."}],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "extra_headers": {"x-bench-chunks": str(chunks)},
+            "messages": [{"role": "user", "content": prompt}],
+            "extra_headers": headers,
         }
+        if stream:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
+        return kwargs
 
-    def sync_stream(self, chunks: int) -> int:
+    def sync_stream(self, kwargs: dict) -> int:
         received = 0
-        for _ in self.client.chat.completions.create(**self._kwargs(chunks)):
+        for _ in self.client.chat.completions.create(**kwargs):
             received += 1
         self.streams_done += 1
         self.gaps_done += received - 1
         return received
 
-    async def async_stream(self, chunks: int) -> int:
+    async def async_stream(self, kwargs: dict) -> int:
         received = 0
-        async for _ in await self.aclient.chat.completions.create(**self._kwargs(chunks)):
+        async for _ in await self.aclient.chat.completions.create(**kwargs):
             received += 1
         self.streams_done += 1
         self.gaps_done += received - 1
         return received
 
-    def run(self, mode: str, chunks: int, streams: int = 1) -> int:
+    def run(self, mode: str, chunks: int, streams: int = 1, **request: Any) -> int:
+        """``streams`` calls of ``chunks`` chunks (``request``: prompt, pace_ms, stream=False)."""
+        kwargs = self._kwargs(chunks, **request)
+        if not kwargs.get("stream"):
+            return self._run_plain(mode, kwargs, streams)
         if mode == "sync":
-            return sum(self.sync_stream(chunks) for _ in range(streams))
+            return sum(self.sync_stream(kwargs) for _ in range(streams))
 
         async def many() -> int:
             total = 0
             for _ in range(streams):
-                total += await self.async_stream(chunks)
+                total += await self.async_stream(kwargs)
             return total
+
+        return self.loop.run_until_complete(many())
+
+    def _run_plain(self, mode: str, kwargs: dict, calls: int) -> int:
+        """Non-streaming calls (instrumentors that trace them pay their whole cost here)."""
+        if mode == "sync":
+            for _ in range(calls):
+                self.client.chat.completions.create(**kwargs)
+            return calls
+
+        async def many() -> int:
+            for _ in range(calls):
+                await self.aclient.chat.completions.create(**kwargs)
+            return calls
 
         return self.loop.run_until_complete(many())
 
@@ -320,6 +354,10 @@ class _Harness:
         for mode in MODES:
             self.run(mode, 100, 2)
             self.run(mode, 5, 3)
+            self.run(mode, 1, 2)
+            self.run(mode, 5, 2, prompt=LONG_PROMPT)
+            self.run(mode, 0, 2, stream=False)
+            self.run(mode, 3, 1, pace_ms=PACE_MS)
             self.run(mode, 0, 1)
 
     def close(self) -> None:
@@ -481,7 +519,20 @@ def _measured_phases(cg: "_Callgrind", phases: List[Any]) -> None:
         cg.dump()
 
 
-def callgrind_child_main(config: str, port: int, chunks: int, streams: int) -> int:
+def callgrind_phases(chunks: int, streams: int, paced: int) -> List[Tuple[str, int, int, Dict[str, Any]]]:
+    """(name, chunks, calls, request options) of each measured phase, per mode, in order."""
+    return [
+        ("zero", 0, 1, {}),
+        ("stream", chunks, 1, {}),
+        ("5-chunk", 5, streams, {}),
+        ("1-chunk", 1, streams, {}),
+        ("5-chunk, 100 KB prompt", 5, streams, {"prompt": LONG_PROMPT}),
+        ("non-streaming", 0, streams, {"stream": False}),
+        ("paced", paced, 1, {"pace_ms": PACE_MS}),
+    ]
+
+
+def callgrind_child_main(config: str, port: int, chunks: int, streams: int, paced: int) -> int:
     """Run under callgrind: start-up and warm-up uninstrumented, then measured phases between dumps."""
     cg = _Callgrind()
     harness = _Harness(config, port)
@@ -491,8 +542,8 @@ def callgrind_child_main(config: str, port: int, chunks: int, streams: int) -> i
     harness.run("async", 5, 1)
     phases = []
     for mode in MODES:
-        for n, count in ((0, 1), (chunks, 1), (5, streams)):
-            phases.append(lambda mode=mode, n=n, count=count: harness.run(mode, n, count))
+        for _name, n, count, request in callgrind_phases(chunks, streams, paced):
+            phases.append(lambda mode=mode, n=n, count=count, request=request: harness.run(mode, n, count, **request))
     _measured_phases(cg, phases)
     harness.close()
     return 0
@@ -882,12 +933,13 @@ def run_callgrind(configs: List[str], port: int, args: argparse.Namespace, log: 
         prefix = os.path.join(tmp, config.replace("+", "_"))
         cmd = base + [f"--callgrind-out-file={prefix}", sys.executable, __file__, "--callgrind-child", config,
                       "--port", str(port), "--chunks", str(args.callgrind_chunks),
-                      "--fixed-streams", str(args.callgrind_streams)]
+                      "--fixed-streams", str(args.callgrind_streams), "--paced-chunks", str(args.paced_chunks)]
         jobs.append((config, cmd, prefix))
     control = os.path.join(tmp, "control")
     jobs.append((MINIMAL, base + [f"--callgrind-out-file={control}", sys.executable, __file__, "--callgrind-child",
                                        MINIMAL, "--port", str(port), "--chunks", str(args.callgrind_chunks),
-                                       "--fixed-streams", str(args.callgrind_streams)], control))
+                                       "--fixed-streams", str(args.callgrind_streams),
+                                       "--paced-chunks", str(args.paced_chunks)], control))
     if not args.no_ab:
         prefix = os.path.join(tmp, "ab")
         cmd = base + [f"--callgrind-out-file={prefix}", sys.executable, __file__, "--callgrind-ab-child",
@@ -928,24 +980,43 @@ def _measured(parts: List[int]) -> List[int]:
     return parts[1::2]
 
 
+_PER_CALL_KEYS = (
+    "instr_per_small_stream",
+    "instr_per_1_chunk_stream",
+    "instr_per_long_prompt_stream",
+    "instr_per_plain_call",
+)
+
+
 def _callgrind_summary(results: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
     n = args.callgrind_chunks
-    summary: Dict[str, Any] = {"chunks": n, "small_streams": args.callgrind_streams, "raw": results, "modes": {}}
+    m = args.callgrind_streams
+    paced = args.paced_chunks
+    summary: Dict[str, Any] = {
+        "chunks": n, "small_streams": m, "paced_chunks": paced, "pace_ms": PACE_MS, "raw": results, "modes": {}
+    }
     for mode_index, mode in enumerate(MODES):
         per_mode: Dict[str, Any] = {}
         for config, entry in results.items():
             if config in ("micro", "ab") or "parts" not in entry:
                 continue
             phases = _measured(entry["parts"])
-            if len(phases) < 6:
-                per_mode[config] = {"error": f"expected 6 phases, got {len(phases)}"}
+            names = callgrind_phases(n, m, paced)
+            k = len(names)
+            if len(phases) < k * len(MODES):
+                per_mode[config] = {"error": f"expected {k * len(MODES)} phases, got {len(phases)}"}
                 continue
-            zero, full, small = phases[mode_index * 3 : mode_index * 3 + 3]
+            got = dict(zip((name for name, *_ in names), phases[mode_index * k : mode_index * k + k]))
+            zero = got["zero"]
             per_mode[config] = {
                 "instr_zero_stream": zero,
-                "instr_stream": full,
-                "instr_per_chunk": (full - zero) / n,
-                "instr_per_small_stream": small / args.callgrind_streams,
+                "instr_stream": got["stream"],
+                "instr_per_chunk": (got["stream"] - zero) / n,
+                "instr_per_paced_chunk": (got["paced"] - zero) / paced,
+                "instr_per_small_stream": got["5-chunk"] / m,
+                "instr_per_1_chunk_stream": got["1-chunk"] / m,
+                "instr_per_long_prompt_stream": got["5-chunk, 100 KB prompt"] / m,
+                "instr_per_plain_call": got["non-streaming"] / m,
             }
         base = per_mode.get(UNINSTRUMENTED)
         if base and "instr_per_chunk" in base:
@@ -954,9 +1025,9 @@ def _callgrind_summary(results: Dict[str, Any], args: argparse.Namespace) -> Dic
                     continue
                 entry["instr_per_chunk_overhead"] = entry["instr_per_chunk"] - base["instr_per_chunk"]
                 entry["instr_ratio"] = entry["instr_per_chunk"] / base["instr_per_chunk"]
-                entry["instr_per_small_stream_overhead"] = (
-                    entry["instr_per_small_stream"] - base["instr_per_small_stream"]
-                )
+                for key in _PER_CALL_KEYS + ("instr_per_paced_chunk",):
+                    entry[key + "_overhead"] = entry[key] - base[key]
+                    entry[key + "_ratio"] = entry[key] / base[key]
         summary["modes"][mode] = per_mode
     ab = results.get("ab")
     if ab and "parts" in ab:
@@ -1012,6 +1083,59 @@ def _ns_from_instr(timings: Dict[str, Any], ab_entry: Dict[str, Any], mode: str)
 
 def _fmt(value: Optional[float], spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _millions(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f} M"
+
+
+def render_short_streams(result: Dict[str, Any]) -> List[str]:
+    """Per-call costs (callgrind, one process per configuration, minus uninstrumented)."""
+    callgrind = result.get("callgrind") or {}
+    modes = callgrind.get("modes") or {}
+    if not modes:
+        return []
+    lines = [
+        "",
+        f"[short streams and per-call costs: callgrind, extra instructions per call minus uninstrumented, "
+        f"{callgrind.get('small_streams')} calls each; paced = {callgrind.get('paced_chunks')} chunks "
+        f"{callgrind.get('pace_ms'):.0f} ms apart]",
+    ]
+    header = (
+        f"{'mode':5s} {'configuration':28s} {'1-chunk':>16s} {'5-chunk':>16s} {'5-chunk 100 KB':>16s} "
+        f"{'100KB/14B':>9s} {'non-stream':>10s} {'paced chunk':>11s}"
+    )
+    lines.append(header)
+    lines.append("-" * len(header))
+    for mode, per_mode in modes.items():
+        base = per_mode.get(UNINSTRUMENTED) or {}
+        lines.append(
+            f"{mode:5s} {'(SDK alone)':28s} {_millions(base.get('instr_per_1_chunk_stream')):>16s} "
+            f"{_millions(base.get('instr_per_small_stream')):>16s} "
+            f"{_millions(base.get('instr_per_long_prompt_stream')):>16s} {'':>9s} "
+            f"{_millions(base.get('instr_per_plain_call')):>10s} {_fmt(base.get('instr_per_paced_chunk')):>11s}"
+        )
+        for config in list(result["configs"]) + [MINIMAL]:
+            e = per_mode.get(config)
+            if config == UNINSTRUMENTED or not e or "instr_per_small_stream_overhead" not in e:
+                continue
+
+            def cell(key: str) -> str:
+                return f"{_millions(e[key + '_overhead'])} (x{e[key + '_ratio']:.3f})"
+
+            small, long_ = e["instr_per_small_stream_overhead"], e["instr_per_long_prompt_stream_overhead"]
+            size = f"{long_ / small:.3f}" if small > 0 else "-"
+            lines.append(
+                f"{'':5s} {config:28s} {cell('instr_per_1_chunk_stream'):>16s} {cell('instr_per_small_stream'):>16s} "
+                f"{cell('instr_per_long_prompt_stream'):>16s} {size:>9s} "
+                f"{_millions(e['instr_per_plain_call_overhead']):>10s} "
+                f"{_fmt(e['instr_per_paced_chunk_overhead']):>11s}"
+            )
+    lines.append(
+        "  100KB/14B = extra instructions of the 5-chunk stream with a 100 KB prompt / with a 14-byte prompt;"
+        " paced chunk = (I(paced stream) - I(0-chunk stream)) / chunks, minus uninstrumented"
+    )
+    return lines
 
 
 def render(result: Dict[str, Any]) -> str:
@@ -1083,6 +1207,7 @@ def render(result: Dict[str, Any]) -> str:
         "'uninstrumented (again)' = A/B after the others' uninstrument(): what they leave behind.",
     ):
         lines.append("  " + note)
+    lines += render_short_streams(result)
     if memory:
         lines.append("")
         first = next(iter(memory.values()))
@@ -1158,6 +1283,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--callgrind-chunks", type=int, default=None, help="chunks of the callgrind stream (default 1000)")
     p.add_argument("--callgrind-streams", type=int, default=None, help="5-chunk streams under callgrind (default 20)")
+    p.add_argument("--paced-chunks", type=int, default=None, help="chunks of the paced callgrind stream (default 100; quick: 40)")
     p.add_argument("--callgrind-jobs", type=int, default=2, help="callgrind processes at once (default 2)")
     p.add_argument("--no-timings", action="store_true", help="skip the timed rounds (callgrind, memory, micro only)")
     p.add_argument("--no-memory", action="store_true")
@@ -1180,6 +1306,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args.fixed_streams = args.fixed_streams or (50 if quick else 100)
     args.callgrind_chunks = args.callgrind_chunks or (300 if quick else 1000)
     args.callgrind_streams = args.callgrind_streams or (10 if quick else 20)
+    args.paced_chunks = args.paced_chunks or (40 if quick else 100)
     args.modes = tuple(m for m in args.modes.split(",") if m)
     args.configs = [c for c in args.configs.split(",") if c]
     for config in args.configs:
@@ -1194,6 +1321,7 @@ _MODULES = {
     "ours": "llm_stream_otel",
     "openai_v2": "opentelemetry.instrumentation.openai_v2",
     "openllmetry": "opentelemetry.instrumentation.openai",
+    "openinference": "openinference.instrumentation.openai",
 }
 
 
@@ -1221,6 +1349,7 @@ def _versions() -> Dict[str, str]:
         "opentelemetry-instrumentation-openai-v2",
         "opentelemetry-util-genai",
         "opentelemetry-instrumentation-openai",
+        "openinference-instrumentation-openai",
         "llm-stream-otel",
         "wrapt",
     ):
@@ -1236,7 +1365,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker:
         return worker_main(args.worker, args.port)
     if args.callgrind_child:
-        return callgrind_child_main(args.callgrind_child, args.port, args.chunks, args.fixed_streams)
+        return callgrind_child_main(args.callgrind_child, args.port, args.chunks, args.fixed_streams, args.paced_chunks)
     if args.micro_callgrind_child:
         return micro_callgrind_child_main(args.chunks)
     if args.callgrind_ab_child:
@@ -1260,7 +1389,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         },
         "versions": _versions(),
     }
-    server = Server([args.chunks, args.callgrind_chunks, args.memory_chunks + 50, args.fixed_chunks, 0])
+    server = Server([args.chunks, args.callgrind_chunks, args.memory_chunks + 50, args.fixed_chunks, 1, 0])
     workers: Dict[str, Worker] = {}
     try:
         log(f"bench server on 127.0.0.1:{server.port}; starting {len(args.configs)} workers")

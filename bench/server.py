@@ -3,7 +3,10 @@
 It answers ``POST /v1/chat/completions`` (streaming) with ``N`` content chunks,
 one finish chunk (``finish_reason: stop``), a usage chunk when the request asks
 for ``stream_options.include_usage``, then ``data: [DONE]``. ``N`` comes from the
-``x-bench-chunks`` request header (default 20,000).
+``x-bench-chunks`` request header (default 20,000). With ``x-bench-pace-ms: P``
+the content chunks are sent one by one, ``P`` ms apart (realistic token
+gaps: the gap histogram's bucket search runs, as it does for real streams).
+A non-streaming request (``"stream": false``) gets one JSON chat completion.
 
 Every body is built once per chunk count, cached as bytes and sent with a few
 ``sendall`` calls in large HTTP/1.1 chunked-encoding frames, so the server
@@ -25,6 +28,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from typing import Dict, Optional, Tuple
 
 DEFAULT_CHUNKS = 20_000
@@ -55,13 +59,8 @@ def _envelope(choices: list, usage: bool) -> dict:
     return env
 
 
-def sse_body(n_chunks: int, usage: bool) -> bytes:
-    """The whole SSE body for ``n_chunks`` content chunks (cached)."""
-    key = (n_chunks, usage)
-    with _cache_lock:
-        body = _cache.get(key)
-    if body is not None:
-        return body
+def sse_events(n_chunks: int, usage: bool) -> list:
+    """The SSE events for ``n_chunks`` content chunks: content, finish, usage, ``[DONE]``."""
     parts = []
     for i in range(n_chunks):
         delta = {"content": _WORDS[i % len(_WORDS)] + " "}
@@ -85,11 +84,25 @@ def sse_body(n_chunks: int, usage: bool) -> bytes:
         }
         parts.append(_event(env))
     parts.append(b"data: [DONE]\n\n")
-    raw = b"".join(parts)
+    return parts
+
+
+def _frame(piece: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(piece), piece)
+
+
+def sse_body(n_chunks: int, usage: bool) -> bytes:
+    """The whole SSE body for ``n_chunks`` content chunks (cached)."""
+    key = (n_chunks, usage)
+    with _cache_lock:
+        body = _cache.get(key)
+    if body is not None:
+        return body
+    raw = b"".join(sse_events(n_chunks, usage))
     framed = []
     for start in range(0, len(raw), FRAME):
         piece = raw[start : start + FRAME]
-        framed.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+        framed.append(_frame(piece))
     framed.append(b"0\r\n\r\n")
     body = b"".join(framed)
     with _cache_lock:
@@ -105,6 +118,48 @@ _HEAD = (
     b"x-request-id: req_bench\r\n"
     b"connection: keep-alive\r\n\r\n"
 )
+
+
+def completion_response() -> bytes:
+    """A non-streaming chat completion (cached: the same bytes every time)."""
+    body = _cache.get(("completion", False))
+    if body is None:
+        body = json.dumps(
+            {
+                "id": "chatcmpl-bench0123456789",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": MODEL,
+                "system_fingerprint": "fp_bench",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Lorem ipsum dolor.", "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+            },
+            separators=(",", ":"),
+        ).encode()
+        body = (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"x-request-id: req_bench\r\nconnection: keep-alive\r\n\r\n%s" % (len(body), body)
+        )
+        _cache[("completion", False)] = body
+    return body
+
+
+def _send_paced(sock: socket.socket, n_chunks: int, usage: bool, pace: float) -> None:
+    """Content chunks one by one, ``pace`` seconds apart; the rest at once."""
+    events = sse_events(n_chunks, usage)
+    sock.sendall(_HEAD)
+    for i, event in enumerate(events):
+        if 0 < i <= n_chunks:
+            time.sleep(pace)
+        sock.sendall(_frame(event))
+    sock.sendall(b"0\r\n\r\n")
 
 
 def _not_found() -> bytes:
@@ -165,8 +220,15 @@ def _serve(sock: socket.socket) -> None:
                 body = json.loads(raw or b"{}")
             except ValueError:
                 body = {}
+            if body.get("stream") is not True:
+                sock.sendall(completion_response())
+                continue
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             n_chunks = int(headers.get("x-bench-chunks") or DEFAULT_CHUNKS)
+            pace_ms = float(headers.get("x-bench-pace-ms") or 0)
+            if pace_ms > 0:
+                _send_paced(sock, n_chunks, usage, pace_ms / 1000)
+                continue
             payload = sse_body(n_chunks, usage)
             sock.sendall(_HEAD)
             view = memoryview(payload)

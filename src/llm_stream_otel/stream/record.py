@@ -7,7 +7,7 @@ bookkeeping, span attributes and status, metrics, the span's end.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -21,6 +21,7 @@ from ..metrics.cardinality import CardinalityLimiter
 from ..metrics.instruments import Instruments
 from ..retries.attempts import RetryTracker
 from .monitor import StreamMonitor
+from ..metrics.sdk_fast_path import Record
 
 _ERROR_OUTCOMES = (t.OUTCOME_TRUNCATED, t.OUTCOME_FAILED)
 
@@ -41,51 +42,50 @@ def record_metrics(
     response_model: Optional[str],
     is_retry: bool,
 ) -> None:
-    """Record every per-stream metric of design.md."""
+    """Record every per-stream metric of design.md: the values in one ``write``, then the gaps."""
     attrs = dict(base)
     if response_model:
         attrs[t.GEN_AI_RESPONSE_MODEL] = response_model
     err = outcome_error_type(monitor)
     if err:
         attrs[t.ERROR_TYPE] = err
+    outcome = monitor.outcome
+    records: List[Record] = []
 
-    duration_attrs = dict(attrs)
-    duration_attrs[t.OUTCOME] = monitor.outcome
-    if monitor.duration is not None:
-        instruments.duration.record(monitor.duration, duration_attrs)
-
+    duration = monitor.duration
+    if duration is not None:
+        records.append((instruments.duration, duration, {**attrs, t.OUTCOME: outcome}, False))
     ttfc = monitor.time_to_first_chunk
     if ttfc is not None:
-        instruments.time_to_first_chunk.record(ttfc, attrs)
-    # One value per gap, handed over once per stream (see instruments.GapRecorder).
-    instruments.gaps.record_gaps(monitor, attrs)
-    if monitor.outcome != t.OUTCOME_FAILED:
-        instruments.chunks.record(monitor.chunks, attrs)
+        records.append((instruments.time_to_first_chunk, ttfc, attrs, False))
+    if outcome != t.OUTCOME_FAILED:
+        records.append((instruments.chunks, monitor.chunks, attrs, False))
     if monitor.stalls:
-        instruments.stalls.add(monitor.stalls, attrs)
+        records.append((instruments.stalls, monitor.stalls, attrs, True))
     # Semconv's token usage has no error.type: a cut stream's usage so far (Gemini
     # reports a running total on every chunk) is recorded under the plain attributes.
     token_attrs = {key: value for key, value in attrs.items() if key != t.ERROR_TYPE} if err else attrs
     if monitor.input_tokens is not None:
-        instruments.token_usage.record(monitor.input_tokens, {**token_attrs, t.GEN_AI_TOKEN_TYPE: "input"})
+        records.append((instruments.token_usage, monitor.input_tokens, {**token_attrs, t.GEN_AI_TOKEN_TYPE: "input"}, False))
     if monitor.output_tokens is not None:
-        instruments.token_usage.record(monitor.output_tokens, {**token_attrs, t.GEN_AI_TOKEN_TYPE: "output"})
+        records.append(
+            (instruments.token_usage, monitor.output_tokens, {**token_attrs, t.GEN_AI_TOKEN_TYPE: "output"}, False)
+        )
+    if outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
+        idle_attrs = {**attrs, t.TRUNCATION_REASON: monitor.reason or t.REASON_OTHER}
+        records.append((instruments.idle_before_end, monitor.idle_before_end, idle_attrs, False))
 
-    if monitor.outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
-        idle_attrs = dict(attrs)
-        idle_attrs[t.TRUNCATION_REASON] = monitor.reason or t.REASON_OTHER
-        instruments.idle_before_end.record(monitor.idle_before_end, idle_attrs)
-
-    outcome_attrs = dict(attrs)
-    outcome_attrs[t.OUTCOME] = monitor.outcome
-    outcome_attrs[t.IS_RETRY] = is_retry
+    outcome_attrs = {**attrs, t.OUTCOME: outcome, t.IS_RETRY: is_retry}
     if monitor.reason:
         outcome_attrs[t.TRUNCATION_REASON] = monitor.reason
     if monitor.http:
         outcome_attrs.update(metric_facts(monitor.http))
-    if monitor.error is not None and monitor.outcome in _ERROR_OUTCOMES:
+    if monitor.error is not None and outcome in _ERROR_OUTCOMES:
         outcome_attrs[t.ERROR_CAUSE] = error_cause(monitor.error)
-    instruments.outcomes.add(1, outcome_attrs)
+    records.append((instruments.outcomes, 1, outcome_attrs, True))
+    instruments.write(records)
+    # One value per gap, handed over once per stream (see metrics.histogram_merge.GapRecorder).
+    instruments.gaps.record_gaps(monitor, attrs)
 
 
 def annotate_span(
