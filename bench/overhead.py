@@ -88,10 +88,36 @@ CONFIGS[MINIMAL] = ()
 TIMED_CONFIGS = [c for c in CONFIGS if c != MINIMAL]
 MODES = ("sync", "async")
 # The short-stream phases of the callgrind run: the prompts (14 bytes and 100 KB,
-# same shape) and the pace of the paced stream (gaps past the first 10 ms bucket).
+# same shape) and the pace of the paced stream: real token streams' gaps are past
+# the gap histogram's first bucket (10 ms), where the bucket search runs.
 SHORT_PROMPT = "Say lorem ips."  # 14 bytes
 LONG_PROMPT = ("lorem ipsum dolor sit amet " * 4000)[:100_000]
 PACE_MS = 15.0
+
+
+class _PacedClock:
+    """Chunks 15 ms apart, as our proxy sees them, without waiting for them.
+
+    Pacing on the wire is not deterministic under callgrind: how the SDK's
+    reads split the body varies from run to run by tens of thousands of
+    instructions per chunk, which would drown a difference of a few hundred.
+    So the stream comes at full speed and the proxy's clock (its only clock
+    per chunk) advances ``PACE_MS`` per chunk: every gap takes the bucket
+    search a real token stream takes. The ending reads the real clock (the
+    duration stays real). Other instrumentors do not read this clock.
+    """
+
+    def __enter__(self) -> None:
+        import itertools
+
+        from llm_stream_otel.stream import proxy
+
+        self._proxy = proxy
+        self._saved = proxy._perf_counter
+        proxy._perf_counter = itertools.count(time.perf_counter(), PACE_MS / 1000).__next__
+
+    def __exit__(self, *exc: Any) -> None:
+        self._proxy._perf_counter = self._saved
 
 # The same environment for every configuration: content capture off everywhere
 # (the default of ours and of openai-v2; OpenLLMetry's default is on).
@@ -290,14 +316,11 @@ class _Harness:
         self._instrument(CONFIGS[config])
 
     # --- streams ----------------------------------------------------------------
-    def _kwargs(self, chunks: int, prompt: str = SHORT_PROMPT, pace_ms: float = 0, stream: bool = True) -> dict:
-        headers = {"x-bench-chunks": str(chunks)}
-        if pace_ms:
-            headers["x-bench-pace-ms"] = str(pace_ms)
+    def _kwargs(self, chunks: int, prompt: str = SHORT_PROMPT, stream: bool = True) -> dict:
         kwargs = {
             "model": "gpt-bench",
             "messages": [{"role": "user", "content": prompt}],
-            "extra_headers": headers,
+            "extra_headers": {"x-bench-chunks": str(chunks)},
         }
         if stream:
             kwargs["stream"] = True
@@ -320,8 +343,11 @@ class _Harness:
         self.gaps_done += received - 1
         return received
 
-    def run(self, mode: str, chunks: int, streams: int = 1, **request: Any) -> int:
-        """``streams`` calls of ``chunks`` chunks (``request``: prompt, pace_ms, stream=False)."""
+    def run(self, mode: str, chunks: int, streams: int = 1, paced: bool = False, **request: Any) -> int:
+        """``streams`` calls of ``chunks`` chunks (``request``: prompt, stream=False; paced: see _PacedClock)."""
+        if paced:
+            with _PacedClock():
+                return self.run(mode, chunks, streams, **request)
         kwargs = self._kwargs(chunks, **request)
         if not kwargs.get("stream"):
             return self._run_plain(mode, kwargs, streams)
@@ -357,7 +383,7 @@ class _Harness:
             self.run(mode, 1, 2)
             self.run(mode, 5, 2, prompt=LONG_PROMPT)
             self.run(mode, 0, 2, stream=False)
-            self.run(mode, 3, 1, pace_ms=PACE_MS)
+            self.run(mode, 3, 1, paced=True)
             self.run(mode, 0, 1)
 
     def close(self) -> None:
@@ -519,7 +545,7 @@ def _measured_phases(cg: "_Callgrind", phases: List[Any]) -> None:
         cg.dump()
 
 
-def callgrind_phases(chunks: int, streams: int, paced: int) -> List[Tuple[str, int, int, Dict[str, Any]]]:
+def callgrind_phases(chunks: int, streams: int) -> List[Tuple[str, int, int, Dict[str, Any]]]:
     """(name, chunks, calls, request options) of each measured phase, per mode, in order."""
     return [
         ("zero", 0, 1, {}),
@@ -528,11 +554,11 @@ def callgrind_phases(chunks: int, streams: int, paced: int) -> List[Tuple[str, i
         ("1-chunk", 1, streams, {}),
         ("5-chunk, 100 KB prompt", 5, streams, {"prompt": LONG_PROMPT}),
         ("non-streaming", 0, streams, {"stream": False}),
-        ("paced", paced, 1, {"pace_ms": PACE_MS}),
+        ("paced", chunks, 1, {"paced": True}),
     ]
 
 
-def callgrind_child_main(config: str, port: int, chunks: int, streams: int, paced: int) -> int:
+def callgrind_child_main(config: str, port: int, chunks: int, streams: int) -> int:
     """Run under callgrind: start-up and warm-up uninstrumented, then measured phases between dumps."""
     cg = _Callgrind()
     harness = _Harness(config, port)
@@ -542,7 +568,7 @@ def callgrind_child_main(config: str, port: int, chunks: int, streams: int, pace
     harness.run("async", 5, 1)
     phases = []
     for mode in MODES:
-        for _name, n, count, request in callgrind_phases(chunks, streams, paced):
+        for _name, n, count, request in callgrind_phases(chunks, streams):
             phases.append(lambda mode=mode, n=n, count=count, request=request: harness.run(mode, n, count, **request))
     _measured_phases(cg, phases)
     harness.close()
@@ -574,8 +600,8 @@ def callgrind_ab_child_main(configs: List[str], port: int, chunks: int) -> int:
 
         phases.append(switch)
         for mode in MODES:
-            for n in (0, chunks):
-                phases.append(lambda mode=mode, n=n: harness.run(mode, n, 1))
+            for n, paced in ((0, False), (chunks, False), (chunks, True)):
+                phases.append(lambda mode=mode, n=n, paced=paced: harness.run(mode, n, 1, paced=paced))
     _measured_phases(cg, phases)
     harness.close()
     return 0
@@ -933,13 +959,12 @@ def run_callgrind(configs: List[str], port: int, args: argparse.Namespace, log: 
         prefix = os.path.join(tmp, config.replace("+", "_"))
         cmd = base + [f"--callgrind-out-file={prefix}", sys.executable, __file__, "--callgrind-child", config,
                       "--port", str(port), "--chunks", str(args.callgrind_chunks),
-                      "--fixed-streams", str(args.callgrind_streams), "--paced-chunks", str(args.paced_chunks)]
+                      "--fixed-streams", str(args.callgrind_streams)]
         jobs.append((config, cmd, prefix))
     control = os.path.join(tmp, "control")
     jobs.append((MINIMAL, base + [f"--callgrind-out-file={control}", sys.executable, __file__, "--callgrind-child",
                                        MINIMAL, "--port", str(port), "--chunks", str(args.callgrind_chunks),
-                                       "--fixed-streams", str(args.callgrind_streams),
-                                       "--paced-chunks", str(args.paced_chunks)], control))
+                                       "--fixed-streams", str(args.callgrind_streams)], control))
     if not args.no_ab:
         prefix = os.path.join(tmp, "ab")
         cmd = base + [f"--callgrind-out-file={prefix}", sys.executable, __file__, "--callgrind-ab-child",
@@ -991,17 +1016,14 @@ _PER_CALL_KEYS = (
 def _callgrind_summary(results: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
     n = args.callgrind_chunks
     m = args.callgrind_streams
-    paced = args.paced_chunks
-    summary: Dict[str, Any] = {
-        "chunks": n, "small_streams": m, "paced_chunks": paced, "pace_ms": PACE_MS, "raw": results, "modes": {}
-    }
+    summary: Dict[str, Any] = {"chunks": n, "small_streams": m, "pace_ms": PACE_MS, "raw": results, "modes": {}}
     for mode_index, mode in enumerate(MODES):
         per_mode: Dict[str, Any] = {}
         for config, entry in results.items():
             if config in ("micro", "ab") or "parts" not in entry:
                 continue
             phases = _measured(entry["parts"])
-            names = callgrind_phases(n, m, paced)
+            names = callgrind_phases(n, m)
             k = len(names)
             if len(phases) < k * len(MODES):
                 per_mode[config] = {"error": f"expected {k * len(MODES)} phases, got {len(phases)}"}
@@ -1012,7 +1034,7 @@ def _callgrind_summary(results: Dict[str, Any], args: argparse.Namespace) -> Dic
                 "instr_zero_stream": zero,
                 "instr_stream": got["stream"],
                 "instr_per_chunk": (got["stream"] - zero) / n,
-                "instr_per_paced_chunk": (got["paced"] - zero) / paced,
+                "instr_per_paced_chunk": (got["paced"] - zero) / n,
                 "instr_per_small_stream": got["5-chunk"] / m,
                 "instr_per_1_chunk_stream": got["1-chunk"] / m,
                 "instr_per_long_prompt_stream": got["5-chunk, 100 KB prompt"] / m,
@@ -1048,23 +1070,30 @@ def _callgrind_summary(results: Dict[str, Any], args: argparse.Namespace) -> Dic
 
 
 def _ab_summary(phases: List[int], args: argparse.Namespace) -> Dict[str, Any]:
-    """Per configuration: [switch, sync 0, sync N, async 0, async N] (see callgrind_ab_child_main)."""
+    """Per configuration: [switch, sync 0, sync N, sync N paced, async 0, ...] (see callgrind_ab_child_main)."""
     n = args.callgrind_chunks
     order = _ab_order(args.configs)
     order[order.index(UNINSTRUMENTED, 1)] = UNINSTRUMENTED + " (again)"
     out: Dict[str, Any] = {}
+    size = 1 + 3 * len(MODES)
     for i, config in enumerate(order):
-        block = phases[5 * i : 5 * i + 5]
-        if len(block) < 5:
-            return {"error": f"expected {5 * len(order)} phases, got {len(phases)}"}
+        block = phases[size * i : size * i + size]
+        if len(block) < size:
+            return {"error": f"expected {size * len(order)} phases, got {len(phases)}"}
         out[config] = {
-            mode: {"instr_per_chunk": (block[2 + 2 * k] - block[1 + 2 * k]) / n} for k, mode in enumerate(MODES)
+            mode: {
+                "instr_per_chunk": (block[2 + 3 * k] - block[1 + 3 * k]) / n,
+                "instr_per_paced_chunk": (block[3 + 3 * k] - block[1 + 3 * k]) / n,
+            }
+            for k, mode in enumerate(MODES)
         }
     base = out[UNINSTRUMENTED]
     for config, entry in out.items():
         for mode in MODES:
-            entry[mode]["instr_per_chunk_overhead"] = entry[mode]["instr_per_chunk"] - base[mode]["instr_per_chunk"]
-            entry[mode]["instr_ratio"] = entry[mode]["instr_per_chunk"] / base[mode]["instr_per_chunk"]
+            e, b = entry[mode], base[mode]
+            e["instr_per_chunk_overhead"] = e["instr_per_chunk"] - b["instr_per_chunk"]
+            e["instr_ratio"] = e["instr_per_chunk"] / b["instr_per_chunk"]
+            e["instr_per_paced_chunk_overhead"] = e["instr_per_paced_chunk"] - b["instr_per_paced_chunk"]
     return out
 
 
@@ -1098,13 +1127,14 @@ def render_short_streams(result: Dict[str, Any]) -> List[str]:
     lines = [
         "",
         f"[short streams and per-call costs: callgrind, extra instructions per call minus uninstrumented, "
-        f"{callgrind.get('small_streams')} calls each; paced = {callgrind.get('paced_chunks')} chunks "
-        f"{callgrind.get('pace_ms'):.0f} ms apart]",
+        f"{callgrind.get('small_streams')} calls each; paced chunk: {callgrind.get('chunks')} chunks "
+        f"{callgrind.get('pace_ms'):.0f} ms apart to our proxy's clock]",
     ]
     header = (
         f"{'mode':5s} {'configuration':28s} {'1-chunk':>16s} {'5-chunk':>16s} {'5-chunk 100 KB':>16s} "
-        f"{'100KB/14B':>9s} {'non-stream':>10s} {'paced chunk':>11s}"
+        f"{'100KB/14B':>9s} {'non-stream':>10s} {'paced chunk':>11s} {'A/B chunk':>9s} {'A/B paced':>9s}"
     )
+    ab = callgrind.get("ab") if isinstance(callgrind.get("ab"), dict) else {}
     lines.append(header)
     lines.append("-" * len(header))
     for mode, per_mode in modes.items():
@@ -1115,6 +1145,8 @@ def render_short_streams(result: Dict[str, Any]) -> List[str]:
             f"{_millions(base.get('instr_per_long_prompt_stream')):>16s} {'':>9s} "
             f"{_millions(base.get('instr_per_plain_call')):>10s} {_fmt(base.get('instr_per_paced_chunk')):>11s}"
         )
+        if not isinstance(ab, dict):
+            ab = {}
         for config in list(result["configs"]) + [MINIMAL]:
             e = per_mode.get(config)
             if config == UNINSTRUMENTED or not e or "instr_per_small_stream_overhead" not in e:
@@ -1129,11 +1161,14 @@ def render_short_streams(result: Dict[str, Any]) -> List[str]:
                 f"{'':5s} {config:28s} {cell('instr_per_1_chunk_stream'):>16s} {cell('instr_per_small_stream'):>16s} "
                 f"{cell('instr_per_long_prompt_stream'):>16s} {size:>9s} "
                 f"{_millions(e['instr_per_plain_call_overhead']):>10s} "
-                f"{_fmt(e['instr_per_paced_chunk_overhead']):>11s}"
+                f"{_fmt(e['instr_per_paced_chunk_overhead']):>11s} "
+                f"{_fmt(((ab.get(config) or {}).get(mode) or {}).get('instr_per_chunk_overhead')):>9s} "
+                f"{_fmt(((ab.get(config) or {}).get(mode) or {}).get('instr_per_paced_chunk_overhead')):>9s}"
             )
     lines.append(
         "  100KB/14B = extra instructions of the 5-chunk stream with a 100 KB prompt / with a 14-byte prompt;"
-        " paced chunk = (I(paced stream) - I(0-chunk stream)) / chunks, minus uninstrumented"
+        " paced chunk = (I(paced stream) - I(0-chunk stream)) / chunks, minus uninstrumented; A/B = the same per chunk"
+        " (paced and not), every configuration in turn in one process"
     )
     return lines
 
@@ -1283,7 +1318,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--callgrind-chunks", type=int, default=None, help="chunks of the callgrind stream (default 1000)")
     p.add_argument("--callgrind-streams", type=int, default=None, help="5-chunk streams under callgrind (default 20)")
-    p.add_argument("--paced-chunks", type=int, default=None, help="chunks of the paced callgrind stream (default 100; quick: 40)")
     p.add_argument("--callgrind-jobs", type=int, default=2, help="callgrind processes at once (default 2)")
     p.add_argument("--no-timings", action="store_true", help="skip the timed rounds (callgrind, memory, micro only)")
     p.add_argument("--no-memory", action="store_true")
@@ -1306,7 +1340,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args.fixed_streams = args.fixed_streams or (50 if quick else 100)
     args.callgrind_chunks = args.callgrind_chunks or (300 if quick else 1000)
     args.callgrind_streams = args.callgrind_streams or (10 if quick else 20)
-    args.paced_chunks = args.paced_chunks or (40 if quick else 100)
     args.modes = tuple(m for m in args.modes.split(",") if m)
     args.configs = [c for c in args.configs.split(",") if c]
     for config in args.configs:
@@ -1365,7 +1398,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker:
         return worker_main(args.worker, args.port)
     if args.callgrind_child:
-        return callgrind_child_main(args.callgrind_child, args.port, args.chunks, args.fixed_streams, args.paced_chunks)
+        return callgrind_child_main(args.callgrind_child, args.port, args.chunks, args.fixed_streams)
     if args.micro_callgrind_child:
         return micro_callgrind_child_main(args.chunks)
     if args.callgrind_ab_child:

@@ -3,10 +3,8 @@
 It answers ``POST /v1/chat/completions`` (streaming) with ``N`` content chunks,
 one finish chunk (``finish_reason: stop``), a usage chunk when the request asks
 for ``stream_options.include_usage``, then ``data: [DONE]``. ``N`` comes from the
-``x-bench-chunks`` request header (default 20,000). With ``x-bench-pace-ms: P``
-the content chunks are sent one by one, ``P`` ms apart (realistic token
-gaps: the gap histogram's bucket search runs, as it does for real streams).
-A non-streaming request (``"stream": false``) gets one JSON chat completion.
+``x-bench-chunks`` request header (default 20,000). A non-streaming request
+(``"stream": false``) gets one JSON chat completion.
 
 Every body is built once per chunk count, cached as bytes and sent with a few
 ``sendall`` calls in large HTTP/1.1 chunked-encoding frames, so the server
@@ -28,7 +26,6 @@ import json
 import socket
 import sys
 import threading
-import time
 from typing import Dict, Optional, Tuple
 
 DEFAULT_CHUNKS = 20_000
@@ -59,8 +56,13 @@ def _envelope(choices: list, usage: bool) -> dict:
     return env
 
 
-def sse_events(n_chunks: int, usage: bool) -> list:
-    """The SSE events for ``n_chunks`` content chunks: content, finish, usage, ``[DONE]``."""
+def sse_body(n_chunks: int, usage: bool) -> bytes:
+    """The whole SSE body for ``n_chunks`` content chunks (cached)."""
+    key = (n_chunks, usage)
+    with _cache_lock:
+        body = _cache.get(key)
+    if body is not None:
+        return body
     parts = []
     for i in range(n_chunks):
         delta = {"content": _WORDS[i % len(_WORDS)] + " "}
@@ -84,25 +86,11 @@ def sse_events(n_chunks: int, usage: bool) -> list:
         }
         parts.append(_event(env))
     parts.append(b"data: [DONE]\n\n")
-    return parts
-
-
-def _frame(piece: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(piece), piece)
-
-
-def sse_body(n_chunks: int, usage: bool) -> bytes:
-    """The whole SSE body for ``n_chunks`` content chunks (cached)."""
-    key = (n_chunks, usage)
-    with _cache_lock:
-        body = _cache.get(key)
-    if body is not None:
-        return body
-    raw = b"".join(sse_events(n_chunks, usage))
+    raw = b"".join(parts)
     framed = []
     for start in range(0, len(raw), FRAME):
         piece = raw[start : start + FRAME]
-        framed.append(_frame(piece))
+        framed.append(b"%x\r\n%s\r\n" % (len(piece), piece))
     framed.append(b"0\r\n\r\n")
     body = b"".join(framed)
     with _cache_lock:
@@ -122,9 +110,9 @@ _HEAD = (
 
 def completion_response() -> bytes:
     """A non-streaming chat completion (cached: the same bytes every time)."""
-    body = _cache.get(("completion", False))
+    body = _cache.get((-1, False))
     if body is None:
-        body = json.dumps(
+        payload = json.dumps(
             {
                 "id": "chatcmpl-bench0123456789",
                 "object": "chat.completion",
@@ -145,21 +133,11 @@ def completion_response() -> bytes:
         ).encode()
         body = (
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"x-request-id: req_bench\r\nconnection: keep-alive\r\n\r\n%s" % (len(body), body)
+            b"x-request-id: req_bench\r\nconnection: keep-alive\r\n\r\n%s" % (len(payload), payload)
         )
-        _cache[("completion", False)] = body
+        with _cache_lock:
+            _cache[(-1, False)] = body
     return body
-
-
-def _send_paced(sock: socket.socket, n_chunks: int, usage: bool, pace: float) -> None:
-    """Content chunks one by one, ``pace`` seconds apart; the rest at once."""
-    events = sse_events(n_chunks, usage)
-    sock.sendall(_HEAD)
-    for i, event in enumerate(events):
-        if 0 < i <= n_chunks:
-            time.sleep(pace)
-        sock.sendall(_frame(event))
-    sock.sendall(b"0\r\n\r\n")
 
 
 def _not_found() -> bytes:
@@ -225,10 +203,6 @@ def _serve(sock: socket.socket) -> None:
                 continue
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             n_chunks = int(headers.get("x-bench-chunks") or DEFAULT_CHUNKS)
-            pace_ms = float(headers.get("x-bench-pace-ms") or 0)
-            if pace_ms > 0:
-                _send_paced(sock, n_chunks, usage, pace_ms / 1000)
-                continue
             payload = sse_body(n_chunks, usage)
             sock.sendall(_HEAD)
             view = memoryview(payload)

@@ -19,9 +19,9 @@ from .http_facts import metric_facts
 from ..guard import internal_error
 from ..metrics.cardinality import CardinalityLimiter
 from ..metrics.instruments import Instruments
+from ..metrics.sdk_fast_path import Record
 from ..retries.attempts import RetryTracker
 from .monitor import StreamMonitor
-from ..metrics.sdk_fast_path import Record
 
 _ERROR_OUTCOMES = (t.OUTCOME_TRUNCATED, t.OUTCOME_FAILED)
 
