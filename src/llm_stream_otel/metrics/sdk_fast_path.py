@@ -192,15 +192,6 @@ class _AttributeSet:
         return found
 
 
-def _aggregation(match: Any, key: Any, attrs: Dict[str, Any]) -> Any:
-    """The aggregation for ``key``, as ``_ViewInstrumentMatch.consume_measurement`` finds it."""
-    aggregation = match._attributes_aggregation.get(key)
-    if aggregation is None:
-        with match._lock:
-            aggregation = match._get_or_create_aggregation(key, dict(attrs))
-    return aggregation
-
-
 class FastPath:
     """The fast path of one ``Instruments``: resolved targets and cached attribute sets."""
 
@@ -236,47 +227,73 @@ class FastPath:
 
     # --- single values -------------------------------------------------------------
     def write_values(self, records: Sequence[Record]) -> List[Record]:
-        """Write what it can; returns the records the public API must write."""
+        """Write what it can; returns the records the public API must write.
+
+        Runs once per stream ending, so it is written for speed: the lookups
+        of ``_target``, ``_set`` and ``_AttributeSet.for_view`` inlined, one
+        value object reused (the SDK reads its fields and keeps none of them,
+        as the self-test checks), and the exemplar filter asked once when its
+        answer depends on the context alone."""
         sdk = self._sdk or _sdk
         if sdk is None or self.broken:
             return list(records)
         leftover: List[Record] = []
         index = 0
         touched = False
+        targets, sets = self._targets, self._sets
         try:
             now = time_ns()
             context = sdk["get_current"]()
-            sampled: Dict[int, bool] = {}  # id(exemplar filter) -> answer, for context-only filters
+            value_ = _Value(0, now, None, context, None)
+            context_filters = sdk["context_filters"]
+            asked: Any = None  # the context-only exemplar filter asked, and its answer
+            answer = False
             for index, record in enumerate(records):
                 touched = False
                 instrument, value, attributes, _is_counter = record
-                target = self._target(sdk, instrument)
+                target = targets.get(id(instrument))
+                if (
+                    target is None
+                    or target.api is not instrument
+                    or (target.consumer is not None and target.consumer._reader_storages is not target.storages)
+                ):
+                    target = self._target(sdk, instrument)
                 real = target.real
                 if not target.usable or type(value) not in (int, float) or not (0 <= value < math.inf):
                     leftover.append(record)  # the public API decides (and warns about a bad value)
                     continue
                 if not real._is_enabled():
                     continue  # a disabled meter: record() would drop it too
-                attribute_set = self._set(sdk, real, attributes)
-                value_ = _Value(value, now, real, context, attribute_set.cleaned)
+                attribute_set = sets.get(tuple(attributes.items()))
+                if attribute_set is None:
+                    attribute_set = self._set(sdk, real, attributes)
+                cleaned = attribute_set.cleaned
+                value_.value = value
+                value_.instrument = real
+                value_.attributes = cleaned
                 exemplar_filter = target.consumer._sdk_config.exemplar_filter
-                if type(exemplar_filter) in sdk["context_filters"]:
-                    should_sample = sampled.get(id(exemplar_filter))
-                    if should_sample is None:
-                        should_sample = sampled[id(exemplar_filter)] = bool(
-                            exemplar_filter.should_sample(value, now, attribute_set.cleaned, context)
-                        )
+                if exemplar_filter is asked:
+                    should_sample = answer
+                elif type(exemplar_filter) in context_filters:
+                    should_sample = answer = bool(exemplar_filter.should_sample(value, now, cleaned, context))
+                    asked = exemplar_filter
                 else:
-                    should_sample = exemplar_filter.should_sample(value, now, attribute_set.cleaned, context)
+                    should_sample = exemplar_filter.should_sample(value, now, cleaned, context)
+                views = attribute_set.views
                 for match, keys in target.matches:
-                    attrs, key = attribute_set.for_view(sdk, keys)
+                    found = views.get(keys)
+                    attrs, key = found if found is not None else attribute_set.for_view(sdk, keys)
                     touched = True
                     if match._reset_on_collect:
                         # collect() swaps the aggregations out: hold the lock until it is aggregated.
                         with match._lock:
                             match._get_or_create_aggregation(key, dict(attrs)).aggregate(value_, should_sample)
-                    else:
-                        _aggregation(match, key, attrs).aggregate(value_, should_sample)
+                        continue
+                    aggregation = match._attributes_aggregation.get(key)
+                    if aggregation is None:
+                        with match._lock:
+                            aggregation = match._get_or_create_aggregation(key, dict(attrs))
+                    aggregation.aggregate(value_, should_sample)
         except Exception:  # noqa: BLE001 - a surprise: the public API takes over from here, for good
             self._fail()
             rest = records[index + 1 :] if touched else records[index:]

@@ -73,10 +73,28 @@ class RequestInfo:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+# id(url) -> (url, its parts): an httpx / httpx2 ``URL`` is immutable, and a
+# client keeps the same one, whose properties (host, port, path) re-parse it.
+_server_cache: Dict[int, Tuple[Any, Tuple[Optional[str], Optional[int], str]]] = {}
+_SERVER_CACHE_SIZE = 256
+
+
 def server_parts(url: Any) -> Tuple[Optional[str], Optional[int], str]:
     """Host, port and credential-free base URL of an ``httpx.URL``-like object."""
     if url is None:
         return None, None, ""
+    cached = _server_cache.get(id(url))
+    if cached is not None and cached[0] is url:
+        return cached[1]
+    parts = _server_parts(url)
+    if type(url).__module__.split(".", 1)[0] in ("httpx", "httpx2"):
+        if len(_server_cache) >= _SERVER_CACHE_SIZE:
+            _server_cache.clear()
+        _server_cache[id(url)] = (url, parts)
+    return parts
+
+
+def _server_parts(url: Any) -> Tuple[Optional[str], Optional[int], str]:
     host = getattr(url, "host", None) or None
     scheme = getattr(url, "scheme", "") or ""
     port = getattr(url, "port", None) or _DEFAULT_PORTS.get(scheme)

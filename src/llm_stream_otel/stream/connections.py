@@ -20,12 +20,25 @@ One lookup per stream; nothing per chunk.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 from .. import semconv as t
 
-# socket -> the monitor of the last stream on it (its ended_at, read lazily).
-_last_use: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+# id(socket) -> [a weak reference to the socket, the monitor of the last stream
+# on it (its ended_at, read lazily)]. An entry goes when its socket does (the
+# weakref callback: a dict pop, no lock, safe inside the garbage collector),
+# and is only ever taken for the very socket object it names. Cheaper per
+# stream than a WeakKeyDictionary, which builds a weak reference per lookup.
+_last_use: Dict[int, List[Any]] = {}
+
+
+def _forget(key: int) -> Any:
+    def forget(ref: Any) -> None:
+        entry = _last_use.get(key)
+        if entry is not None and entry[0] is ref:
+            _last_use.pop(key, None)
+
+    return forget
 
 
 def connection_socket(response: Any) -> Optional[Any]:
@@ -45,11 +58,17 @@ def connection_facts(monitor: Any, response: Any) -> dict:
     sock = connection_socket(response)
     if sock is None:
         return {}
-    try:
-        previous = _last_use.get(sock)
-        _last_use[sock] = monitor
-    except TypeError:  # a socket-like object that takes no weak reference: not tracked
-        return {}
+    key = id(sock)
+    entry = _last_use.get(key)
+    if entry is not None and entry[0]() is sock:
+        previous = entry[1]
+        entry[1] = monitor
+    else:
+        try:
+            _last_use[key] = [weakref.ref(sock, _forget(key)), monitor]
+        except TypeError:  # a socket-like object that takes no weak reference: not tracked
+            return {}
+        previous = None
     if previous is None:
         return {t.CONNECTION_REUSED: False}
     facts: dict = {t.CONNECTION_REUSED: True}

@@ -42,12 +42,47 @@ _SSE = "text/event-stream"
 _MAX_HEADER_VALUE = 128
 
 
+_WANTED = ("server", "via", "x-request-id", "content-type")
+_WANTED_RAW = {name.encode(): name for name in _WANTED}
+
+
 def _header(headers: Any, name: str) -> Optional[str]:
     try:
         value = headers.get(name)
     except Exception:  # noqa: BLE001 - an odd headers object: no value
         return None
     return str(value)[:_MAX_HEADER_VALUE] if value else None
+
+
+def _wanted_headers(headers: Any) -> Dict[str, Optional[str]]:
+    """The headers we read, as ``headers.get(name)`` gives them (repeats joined by ", ").
+
+    One pass over an httpx-style ``raw`` list of byte pairs: each ``get`` of
+    httpx / httpx2 ``Headers`` scans every header in Python (and the first
+    one decodes them all to pick an encoding), so four of them cost five
+    scans. An ASCII value reads the same in any encoding ``Headers`` may pick;
+    any other is decoded with the one it picks. Any other headers object: one
+    ``get`` per name."""
+    try:
+        raw = headers.raw
+    except Exception:  # noqa: BLE001 - not httpx-style: look each one up
+        raw = None
+    if type(raw) is not list:
+        return {name: _header(headers, name) for name in _WANTED}
+    values: Dict[str, list] = {}
+    for key, value in raw:
+        name = _WANTED_RAW.get(key.lower())
+        if name is not None:
+            try:
+                text = value.decode("ascii")
+            except UnicodeDecodeError:
+                text = value.decode(headers.encoding)
+            values.setdefault(name, []).append(text)
+    out: Dict[str, Optional[str]] = dict.fromkeys(_WANTED)
+    for name, found in values.items():
+        joined = ", ".join(found)
+        out[name] = joined[:_MAX_HEADER_VALUE] if joined else None
+    return out
 
 
 def _product(text: str) -> Optional[str]:
@@ -98,13 +133,14 @@ def response_facts(response: Any) -> Dict[str, Any]:
     headers = getattr(response, "headers", None)
     if headers is None:
         return facts
-    found = intermediary(_header(headers, "server"), _header(headers, "via"))
+    wanted = _wanted_headers(headers)
+    found = intermediary(wanted["server"], wanted["via"])
     if found:
         facts[t.HTTP_INTERMEDIARY] = found
-    request_id = _header(headers, "x-request-id")
+    request_id = wanted["x-request-id"]
     if request_id:
         facts[t.HTTP_REQUEST_ID] = request_id
-    content_type = _header(headers, "content-type")
+    content_type = wanted["content-type"]
     if content_type and not content_type.lower().startswith(_SSE):
         facts[t.HTTP_CONTENT_TYPE] = content_type.split(";", 1)[0].strip()
     return facts

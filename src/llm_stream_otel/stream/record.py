@@ -88,28 +88,37 @@ def record_metrics(
     instruments.gaps.record_gaps(monitor, attrs)
 
 
+def _set_quietly(span: Span, attributes: Dict[str, Any]) -> None:
+    try:
+        if attributes and span.is_recording():
+            span.set_attributes(attributes)
+    except Exception:  # noqa: BLE001
+        internal_error("span annotation")
+
+
 def annotate_span(
     span: Span,
     monitor: StreamMonitor,
     wall_start_ns: int,
     capture_content: bool,
+    extra: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """Set the summary attributes, events and status on a stream's span."""
+    """Set the summary attributes (and ``extra``), events and status on a stream's span."""
     if not span.is_recording():
         return
-    attrs: Dict[str, Any] = {
-        t.OUTCOME: monitor.outcome,
-        t.CHUNKS: monitor.chunks,
-        t.STALL_COUNT: monitor.stalls,
-        t.STALL_THRESHOLD: monitor.stall_threshold,
-    }
+    chunks = monitor.chunks
+    attrs: Dict[str, Any] = dict(extra) if extra else {}
+    attrs[t.OUTCOME] = monitor.outcome
+    attrs[t.CHUNKS] = chunks
+    attrs[t.STALL_COUNT] = monitor.stalls
+    attrs[t.STALL_THRESHOLD] = monitor.stall_threshold
     if monitor.reason:
         attrs[t.TRUNCATION_REASON] = monitor.reason
     ttfc = monitor.time_to_first_chunk
     if ttfc is not None:
         attrs[t.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
         attrs[t.TIME_TO_FIRST_CHUNK] = ttfc
-    if monitor.chunks > 1:
+    if chunks > 1:
         attrs[t.MAX_GAP] = monitor.gap_max
     if monitor.response_id:
         attrs[t.GEN_AI_RESPONSE_ID] = monitor.response_id
@@ -208,23 +217,25 @@ class Recorder:
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             is_retry = False
+            # The retry and call attributes, set with the summary in one call.
+            extra: Dict[str, Any] = {}
+            if call.sdk_retries:
+                extra[t.SDK_RETRIES] = call.sdk_retries
+            if at_exit:
+                extra[t.ENDED_AT_EXIT] = True
             try:
                 if call.attempt is not None:
                     is_retry = call.attempt.is_retry
                     self.retries.finish(
-                        call.attempt, monitor.outcome, span, call.metric_attributes, monitor.ended_at or 0.0
+                        call.attempt, monitor.outcome, span, call.metric_attributes, monitor.ended_at or 0.0, extra
                     )
             except Exception:  # noqa: BLE001
                 internal_error("retry bookkeeping")
             try:
-                if span.is_recording():
-                    if call.sdk_retries:
-                        span.set_attribute(t.SDK_RETRIES, call.sdk_retries)
-                    if at_exit:
-                        span.set_attribute(t.ENDED_AT_EXIT, True)
-                annotate_span(span, monitor, call.wall_start_ns, self.capture_content)
+                annotate_span(span, monitor, call.wall_start_ns, self.capture_content, extra)
             except Exception:  # noqa: BLE001
                 internal_error("span annotation")
+                _set_quietly(span, extra)  # what the failed step would have set with the summary
             try:
                 response_model = self.limit_model(monitor.response_model) if monitor.response_model else None
                 record_metrics(self.instruments, monitor, call.metric_attributes, response_model, is_retry)

@@ -37,15 +37,22 @@ STRATEGY_RECORD = "record"
 _MAX_DEPTH = 8  # generators delegating to generators: _iter_events -> iter_bytes -> _decode_lines
 
 
+_classes: tuple = ()  # found once, then reused: an import statement per stream costs more than the rest
+
+
 def sdk_stream_classes() -> tuple:
     """The SDK's ``Stream`` / ``AsyncStream``, or () if they cannot be found."""
+    global _classes
+    if _classes:
+        return _classes
     try:
         from openai._streaming import AsyncStream, Stream
     except ImportError:
         return ()
     if not (hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events")):
         return ()
-    return (Stream, AsyncStream)
+    _classes = (Stream, AsyncStream)
+    return _classes
 
 
 def strategy() -> Optional[str]:
