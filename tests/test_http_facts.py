@@ -58,30 +58,36 @@ def test_headers_read_in_one_pass_as_each_get_reads_them(module):
     assert _wanted_headers(plain) == {"server": "envoy", "via": "1.1 haproxy", "x-request-id": None, "content-type": None}
 
 
-def test_connection_registry_keeps_only_live_sockets_and_never_confuses_them():
-    """Reuse is told by the socket object itself; an entry leaves with its socket."""
+def test_connection_registry_keeps_only_live_connections_and_never_confuses_them():
+    """Reuse is told by the connection's network stream object itself; an entry leaves with it."""
     import gc
     import types
 
     from llm_stream_otel.stream import connections
 
-    class Sock:
-        pass
+    class NetworkStream:  # httpcore's: one per connection
+        def get_extra_info(self, name):
+            return None
 
-    def response(sock):
-        stream = types.SimpleNamespace(get_extra_info=lambda name: sock if name == "socket" else None)
+    class Slotted:
+        __slots__ = ()
+
+        def get_extra_info(self, name):
+            return None
+
+    def response(stream):
         return types.SimpleNamespace(extensions={"network_stream": stream})
 
     def monitor(started_at, ended_at=None):
         return types.SimpleNamespace(started_at=started_at, ended_at=ended_at)
 
     before = len(connections._last_use)
-    first = Sock()
-    m1 = monitor(1.0, ended_at=2.0)
-    assert connections.connection_facts(m1, response(first)) == {t.CONNECTION_REUSED: False}
+    first = NetworkStream()
+    assert connections.connection_facts(monitor(1.0, ended_at=2.0), response(first)) == {t.CONNECTION_REUSED: False}
     assert connections.connection_facts(monitor(5.0), response(first)) == {t.CONNECTION_REUSED: True, t.CONNECTION_IDLE: 3.0}
-    assert connections.connection_facts(monitor(1.0), response(Sock())) == {t.CONNECTION_REUSED: False}
+    assert connections.connection_facts(monitor(1.0), response(NetworkStream())) == {t.CONNECTION_REUSED: False}
     del first
     gc.collect()
-    assert len(connections._last_use) == before  # both sockets are gone, and so are their entries
-    assert connections.connection_facts(monitor(1.0), response(object())) == {}  # no weak reference: not tracked
+    assert len(connections._last_use) == before  # both connections are gone, and so are their entries
+    assert connections.connection_facts(monitor(1.0), response(Slotted())) == {}  # no weak reference: not tracked
+    assert connections.connection_facts(monitor(1.0), response(object())) == {}  # not a network stream
