@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from bisect import bisect_left
+from operator import add
 from time import time_ns
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -192,6 +194,34 @@ class _AttributeSet:
         return found
 
 
+def _aggregate(sdk: Dict[str, Any], aggregation: Any, value_: _Value, should_sample: bool) -> None:
+    """``aggregation.aggregate(value_)``: inlined for the two aggregations we write most
+    (what their ``aggregate`` does, under the same lock), the method itself for the rest."""
+    kind = type(aggregation)
+    value = value_.value
+    if kind is sdk["Explicit"]:
+        with aggregation._lock:
+            if aggregation._value is None:
+                aggregation._value = aggregation._get_empty_bucket_counts()
+            aggregation._sum += value
+            if aggregation._record_min_max:
+                if value < aggregation._min:
+                    aggregation._min = value
+                if value > aggregation._max:
+                    aggregation._max = value
+            aggregation._value[bisect_left(aggregation._boundaries, value)] += 1
+    elif kind is sdk["Sum"]:
+        with aggregation._lock:
+            if aggregation._value is None:
+                aggregation._value = 0
+            aggregation._value = aggregation._value + value
+    else:
+        aggregation.aggregate(value_, should_sample)
+        return
+    if should_sample:
+        aggregation._reservoir.offer(value, value_.time_unix_nano, value_.attributes, value_.context)
+
+
 class FastPath:
     """The fast path of one ``Instruments``: resolved targets and cached attribute sets."""
 
@@ -287,13 +317,13 @@ class FastPath:
                     if match._reset_on_collect:
                         # collect() swaps the aggregations out: hold the lock until it is aggregated.
                         with match._lock:
-                            match._get_or_create_aggregation(key, dict(attrs)).aggregate(value_, should_sample)
+                            _aggregate(sdk, match._get_or_create_aggregation(key, dict(attrs)), value_, should_sample)
                         continue
                     aggregation = match._attributes_aggregation.get(key)
                     if aggregation is None:
                         with match._lock:
                             aggregation = match._get_or_create_aggregation(key, dict(attrs))
-                    aggregation.aggregate(value_, should_sample)
+                    _aggregate(sdk, aggregation, value_, should_sample)
         except Exception:  # noqa: BLE001 - a surprise: the public API takes over from here, for good
             self._fail()
             rest = records[index + 1 :] if touched else records[index:]
@@ -349,10 +379,7 @@ def _merge(sdk: Dict[str, Any], target: _Target, attribute_set: _AttributeSet, m
             with aggregation._lock:
                 if aggregation._value is None:
                     aggregation._value = aggregation._get_empty_bucket_counts()
-                value = aggregation._value
-                for index, count in enumerate(counts):
-                    if count:
-                        value[index] += count
+                aggregation._value = list(map(add, aggregation._value, counts))  # same length: same bounds
                 aggregation._sum += total
                 if aggregation._record_min_max:
                     if low < aggregation._min:

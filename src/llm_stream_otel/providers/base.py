@@ -32,6 +32,9 @@ retries and recording; it never imports an SDK. A provider knows one SDK:
   headers as ``failed``; the provider notes the headers on the monitor
   (``stream.http_facts.note_response``) from its own hook on the SDK's HTTP
   layer, where it also counts the SDK's retries (``StreamCall.sdk_retry``).
+- ``iterator(result)``: optionally, an iterator that yields exactly what
+  iterating ``result`` yields, one layer cheaper per chunk (openai: the
+  stream's own ``_iterator``, which its ``__iter__`` only re-yields), or None.
 
 For the resilient helper (``resilient.py``), which takes the app's bound
 streaming method: ``sdk_module`` (``owns(method)``: is it this SDK's?),
@@ -175,3 +178,7 @@ class Provider:
         """The HTTP status of an SDK exception for an error response, else None."""
         status = getattr(exc, "status_code", None)
         return status if isinstance(status, int) else None
+
+    # --- the hot path -------------------------------------------------------------
+    def iterator(self, result: Any) -> Any:
+        return None

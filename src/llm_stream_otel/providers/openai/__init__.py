@@ -80,5 +80,8 @@ class OpenAIProvider(Provider):
         # Chat and legacy completions share a chunk shape; the Responses API takes ``input``.
         return "responses" if "input" in kwargs and "messages" not in kwargs else "chat"
 
+    def iterator(self, result: Any) -> Any:
+        return wire.inner_iterator(result)
+
 
 PROVIDER = OpenAIProvider

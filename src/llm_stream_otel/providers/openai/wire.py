@@ -24,7 +24,10 @@ back to the finish-reason rule; ``doctor`` reports the strategy in use.
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import textwrap
 from collections import deque
 from typing import Any, AsyncIterator, Optional
 
@@ -53,6 +56,43 @@ def sdk_stream_classes() -> tuple:
         return ()
     _classes = (Stream, AsyncStream)
     return _classes
+
+
+# Does Stream.__iter__ / AsyncStream.__aiter__ only re-yield ``self._iterator``? Read once.
+_plain: Optional[tuple] = None
+_PLAIN = {
+    "__iter__": re.compile(r"def __iter__\(self\)[^:]*:\s*for (\w+) in self\._iterator:\s*yield \1\s*$"),
+    "__aiter__": re.compile(r"async def __aiter__\(self\)[^:]*:\s*async for (\w+) in self\._iterator:\s*yield \1\s*$"),
+}
+
+
+def _plain_classes() -> tuple:
+    """The SDK stream classes whose iteration is their ``_iterator`` re-yielded (1.x-3.x: both)."""
+    global _plain
+    if _plain is None:
+        found = []
+        for cls, name in zip(sdk_stream_classes(), ("__iter__", "__aiter__")):
+            try:
+                source = inspect.getsource(vars(cls)[name])
+            except (OSError, TypeError, KeyError):
+                continue
+            if _PLAIN[name].search(textwrap.dedent(source).strip()):
+                found.append(cls)
+        _plain = tuple(found)
+    return _plain
+
+
+def inner_iterator(result: Any) -> Any:
+    """The SDK stream's ``_iterator``, where iterating the stream only re-yields it; else None.
+
+    For an ``openai.Stream`` / ``AsyncStream`` itself (not a subclass, not
+    another instrumentation's wrapper) whose ``__iter__`` / ``__aiter__`` is
+    ``for item in self._iterator: yield item``: the same items and the same
+    exceptions, one generator frame less per chunk (its ``__next__`` reads the
+    same ``_iterator``, so mixing ``next()`` and ``for`` is unchanged)."""
+    if type(result) not in _plain_classes():
+        return None
+    return vars(result).get("_iterator")
 
 
 def strategy() -> Optional[str]:
