@@ -34,6 +34,7 @@ def test_intermediary(server, via, expected):
 @pytest.mark.parametrize("raw, expected", [("HTTP/1.1", "1.1"), (b"HTTP/2", "2"), ("HTTP/1.0", "1.0"), (None, None)])
 def test_protocol_version(raw, expected):
     assert protocol_version(raw) == expected
+    assert protocol_version(raw) == expected  # again, from the cache of values seen
 
 
 @pytest.mark.parametrize("module", ["httpx", "httpx2"])

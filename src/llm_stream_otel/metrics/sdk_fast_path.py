@@ -278,6 +278,8 @@ class FastPath:
             context_filters = sdk["context_filters"]
             asked: Any = None  # the context-only exemplar filter asked, and its answer
             answer = False
+            last_attributes: Any = None  # the records of an ending share attribute dicts
+            attribute_set: Any = None
             for index, record in enumerate(records):
                 touched = False
                 instrument, value, attributes, _is_counter = record
@@ -294,9 +296,11 @@ class FastPath:
                     continue
                 if not real._is_enabled():
                     continue  # a disabled meter: record() would drop it too
-                attribute_set = sets.get(tuple(attributes.items()))
-                if attribute_set is None:
-                    attribute_set = self._set(sdk, real, attributes)
+                if attributes is not last_attributes:
+                    attribute_set = sets.get(tuple(attributes.items()))
+                    if attribute_set is None:
+                        attribute_set = self._set(sdk, real, attributes)
+                    last_attributes = attributes
                 cleaned = attribute_set.cleaned
                 value_.value = value
                 value_.instrument = real
@@ -386,7 +390,8 @@ def _merge(sdk: Dict[str, Any], target: _Target, attribute_set: _AttributeSet, m
                         aggregation._min = low
                     if high > aggregation._max:
                         aggregation._max = high
-            aggregation._sample_exemplar(measurement, should_sample)
+            if should_sample:
+                aggregation._reservoir.offer(measurement.value, now, cleaned, context)
     return "sdk"
 
 

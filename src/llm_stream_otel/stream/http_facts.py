@@ -113,12 +113,23 @@ def intermediary(server: Optional[str], via: Optional[str]) -> Optional[str]:
     return t.ERROR_TYPE_OTHER
 
 
+_VERSIONS: Dict[Any, Optional[str]] = {}  # the few values seen, each parsed once
+
+
 def protocol_version(http_version: Any) -> Optional[str]:
     """``HTTP/1.1`` -> ``1.1``, ``HTTP/2`` -> ``2`` (semconv ``network.protocol.version``)."""
     if not http_version:
         return None
+    kind = type(http_version)
+    if kind is str or kind is bytes:
+        found = _VERSIONS.get(http_version, _VERSIONS)
+        if found is not _VERSIONS:
+            return found
     text = http_version.decode("ascii", "replace") if isinstance(http_version, bytes) else str(http_version)
-    return text.upper().replace("HTTP/", "").strip() or None
+    version = text.upper().replace("HTTP/", "").strip() or None
+    if (kind is str or kind is bytes) and len(_VERSIONS) < 16:
+        _VERSIONS[http_version] = version
+    return version
 
 
 def response_facts(response: Any) -> Dict[str, Any]:

@@ -232,13 +232,16 @@ class SyncStreamProxy(_ObservingProxy):
 
     def __init__(self, wrapped: Any, call: StreamCall, source: Any = None, inner: Any = None) -> None:
         super().__init__(wrapped, call, source, inner)
-        self._self_next = _sync_step(self._self_source, call.monitor.chunk, call)
+        self._self_next = None  # built at the first next(): most streams are read by a for loop
 
     def __iter__(self) -> Any:
         return _sync_iterate(self, self._self_source, self._self_monitor.chunk, self._self_call, self._self_inner)
 
     def __next__(self) -> Any:
-        return self._self_next()
+        step = self._self_next
+        if step is None:
+            step = self._self_next = _sync_step(self._self_source, self._self_monitor.chunk, self._self_call)
+        return step()
 
     def __enter__(self) -> "SyncStreamProxy":
         self.__wrapped__.__enter__()
@@ -262,13 +265,16 @@ class AsyncStreamProxy(_ObservingProxy):
 
     def __init__(self, wrapped: Any, call: StreamCall, source: Any = None, inner: Any = None) -> None:
         super().__init__(wrapped, call, source, inner)
-        self._self_anext = _async_step(self._self_source, call.monitor.chunk, call)
+        self._self_anext = None  # built at the first __anext__(): most streams are read by async for
 
     def __aiter__(self) -> Any:
         return _async_iterate(self, self._self_source, self._self_monitor.chunk, self._self_call, self._self_inner)
 
     def __anext__(self) -> Any:
-        return self._self_anext()
+        step = self._self_anext
+        if step is None:
+            step = self._self_anext = _async_step(self._self_source, self._self_monitor.chunk, self._self_call)
+        return step()
 
     async def __aenter__(self) -> "AsyncStreamProxy":
         await self.__wrapped__.__aenter__()
