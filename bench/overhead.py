@@ -114,7 +114,8 @@ class _PacedClock:
 
         self._proxy = proxy
         self._saved = proxy._perf_counter
-        proxy._perf_counter = itertools.count(time.perf_counter(), PACE_MS / 1000).__next__
+        # From a second ahead: the first chunk comes after the stream's start, as it does for real.
+        proxy._perf_counter = itertools.count(time.perf_counter() + 1.0, PACE_MS / 1000).__next__
 
     def __exit__(self, *exc: Any) -> None:
         self._proxy._perf_counter = self._saved

@@ -234,7 +234,14 @@ def watch_stream(result: Any, how: Optional[str]) -> Optional[WireWatch]:
 
 def read_wire(monitor: Any, watch: WireWatch) -> None:
     """Tell the monitor what the wire showed at the end: ``[DONE]`` or not, and
-    the usage of a final error object (OpenRouter's, after a ``length`` finish)."""
+    the usage of a final error object (OpenRouter's, after a ``length`` finish).
+
+    Neither can matter once every choice has finished and the usage is in:
+    the outcome rules consult ``done_seen`` only for a stream without all its
+    finish reasons, and the error object's usage only fills a missing one.
+    Then the suspended SDK frames are not read at all (the common case)."""
+    if monitor.terminal and monitor.input_tokens is not None:
+        return
     event = watch.last_event()
     monitor.done_seen = is_done(event) if watch.done is None else watch.done
     if monitor.input_tokens is None and '"error"' in (getattr(event, "data", None) or ""):
