@@ -51,6 +51,12 @@ class GapRecorder:
             path = fast.merge_gaps(self.histogram, self.bounds, monitor, attributes)
             if path is not None:
                 return path
+        return self.record_public(monitor, attributes)
+
+    def record_public(self, monitor: Any, attributes: Dict[str, Any]) -> str:
+        """One ``record()`` per gap (``StreamMonitor.gap_replay``): exact count, sum, buckets, min and max."""
+        if monitor.chunks < 2:
+            return "none"
         histogram = self.histogram
         for value, count in monitor.gap_replay():
             for _ in range(count):

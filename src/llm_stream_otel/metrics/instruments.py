@@ -10,7 +10,7 @@ aggregations where ``sdk_fast_path`` is proven, else ``record()`` / ``add()``.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from opentelemetry.metrics import Counter, Histogram, Meter
 
@@ -54,13 +54,19 @@ class Instruments:
             proven()  # run the self-test now rather than at the end of the first stream
         self.gaps = GapRecorder(self.time_per_output_chunk, t.SECONDS_BUCKETS, self.fast_path)
 
-    def write(self, records: Sequence[Record]) -> None:
-        """Record single values: ``(instrument, value, attributes, is_counter)`` each."""
+    def write(self, records: Sequence[Record], monitor: Any = None, gap_attributes: Optional[Dict[str, Any]] = None) -> None:
+        """Record single values, ``(instrument, value, attributes, is_counter)`` each, then
+        (with ``monitor``) the stream's gaps: in one pass on the fast path."""
         fast = self.fast_path
+        gaps_done = monitor is None
         if fast is not None and fast.usable():
-            records = fast.write_values(records)
+            gaps = None if monitor is None else (self.time_per_output_chunk, self.gaps.bounds, monitor, gap_attributes)
+            records, path = fast.write_ending(records, gaps)
+            gaps_done = gaps_done or path is not None
         for instrument, value, attributes, is_counter in records:
             if is_counter:
                 instrument.add(value, attributes)
             else:
                 instrument.record(value, attributes)
+        if not gaps_done:
+            self.gaps.record_public(monitor, gap_attributes)

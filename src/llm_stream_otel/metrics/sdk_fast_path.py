@@ -257,7 +257,14 @@ class FastPath:
 
     # --- single values -------------------------------------------------------------
     def write_values(self, records: Sequence[Record]) -> List[Record]:
-        """Write what it can; returns the records the public API must write.
+        """Write what it can; returns the records the public API must write."""
+        return self.write_ending(records)[0]
+
+    def write_ending(self, records: Sequence[Record], gaps: Optional[Tuple[Any, tuple, Any, Dict[str, Any]]] = None) -> Tuple[List[Record], Optional[str]]:
+        """A stream's ending in one pass: the values, then (``gaps``: histogram,
+        bounds, monitor, attributes) the gap merge, sharing the context, the time
+        and the exemplar filter's answer. Returns the records the public API must
+        write, and the merge's path (None: the public API must record the gaps).
 
         Runs once per stream ending, so it is written for speed: the lookups
         of ``_target``, ``_set`` and ``_AttributeSet.for_view`` inlined, one
@@ -266,7 +273,7 @@ class FastPath:
         answer depends on the context alone."""
         sdk = self._sdk or _sdk
         if sdk is None or self.broken:
-            return list(records)
+            return list(records), None
         leftover: List[Record] = []
         index = 0
         touched = False
@@ -317,26 +324,35 @@ class FastPath:
                 for match, keys in target.matches:
                     found = views.get(keys)
                     attrs, key = found if found is not None else attribute_set.for_view(sdk, keys)
-                    touched = True
                     if match._reset_on_collect:
                         # collect() swaps the aggregations out: hold the lock until it is aggregated.
                         with match._lock:
                             _aggregate(sdk, match._get_or_create_aggregation(key, dict(attrs)), value_, should_sample)
-                        continue
-                    aggregation = match._attributes_aggregation.get(key)
-                    if aggregation is None:
-                        with match._lock:
-                            aggregation = match._get_or_create_aggregation(key, dict(attrs))
-                    _aggregate(sdk, aggregation, value_, should_sample)
+                    else:
+                        aggregation = match._attributes_aggregation.get(key)
+                        if aggregation is None:
+                            with match._lock:
+                                aggregation = match._get_or_create_aggregation(key, dict(attrs))
+                        _aggregate(sdk, aggregation, value_, should_sample)
+                    touched = True  # in one view at least: the public API must not record it again
         except Exception:  # noqa: BLE001 - a surprise: the public API takes over from here, for good
             self._fail()
             rest = records[index + 1 :] if touched else records[index:]
             leftover.extend(rest)
-        return leftover
+            return leftover, None
+        if gaps is None:
+            return leftover, None
+        return leftover, self.merge_gaps(*gaps, ending=(context, now, asked, answer))
 
     # --- the gap histogram ---------------------------------------------------------
-    def merge_gaps(self, histogram: Any, bounds: tuple, monitor: Any, attributes: Dict[str, Any]) -> Optional[str]:
-        """Merge a stream's gaps into the SDK's aggregations; None if the public API must be used."""
+    def merge_gaps(
+        self, histogram: Any, bounds: tuple, monitor: Any, attributes: Dict[str, Any], ending: Optional[tuple] = None
+    ) -> Optional[str]:
+        """Merge a stream's gaps into the SDK's aggregations; None if the public API must be used.
+
+        ``ending``: (context, time, exemplar filter, its answer) of ``write_ending``."""
+        if monitor.chunks < 2:
+            return "none"
         sdk = self._sdk or _sdk
         if sdk is None or self.broken:
             return None
@@ -357,22 +373,28 @@ class FastPath:
         except Exception:  # noqa: BLE001 - nothing merged yet: the public API takes over
             self._fail()
             return None
-        return _merge(sdk, target, attribute_set, monitor)
+        return _merge(sdk, target, attribute_set, monitor, ending)
 
 
-def _merge(sdk: Dict[str, Any], target: _Target, attribute_set: _AttributeSet, monitor: Any) -> str:
+def _merge(
+    sdk: Dict[str, Any], target: _Target, attribute_set: _AttributeSet, monitor: Any, ending: Optional[tuple] = None
+) -> str:
     """The merge: the stream's bucket counts, sum, min and max, as N ``record()`` calls would leave them.
 
     The same locks, in the same order, as consume_measurement() + aggregate()
     (and collect()): the match's, then the aggregation's. The largest gap is
     offered to the exemplar reservoir (one exemplar per stream, not per gap)."""
-    context = sdk["get_current"]()
-    now = time_ns()
+    exemplar_filter = target.consumer._sdk_config.exemplar_filter
+    if ending is None:
+        context, now, asked, answer = sdk["get_current"](), time_ns(), None, False
+    else:
+        context, now, asked, answer = ending
     cleaned = attribute_set.cleaned
     measurement = _Value(monitor.gap_max, now, target.real, context, cleaned)
-    should_sample = target.consumer._sdk_config.exemplar_filter.should_sample(
-        measurement.value, now, cleaned, context
-    )
+    if exemplar_filter is asked:  # a context-only filter, already asked in this context
+        should_sample = answer
+    else:
+        should_sample = exemplar_filter.should_sample(measurement.value, now, cleaned, context)
     counts = monitor.gap_counts
     total = monitor.gap_total
     low, high = monitor.gap_min, monitor.gap_max

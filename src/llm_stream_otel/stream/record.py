@@ -83,9 +83,8 @@ def record_metrics(
     if monitor.error is not None and outcome in _ERROR_OUTCOMES:
         outcome_attrs[t.ERROR_CAUSE] = error_cause(monitor.error)
     records.append((instruments.outcomes, 1, outcome_attrs, True))
-    instruments.write(records)
-    # One value per gap, handed over once per stream (see metrics.histogram_merge.GapRecorder).
-    instruments.gaps.record_gaps(monitor, attrs)
+    # Then one value per gap, handed over once per stream (see metrics.histogram_merge.GapRecorder).
+    instruments.write(records, monitor, attrs)
 
 
 def _set_quietly(span: Span, attributes: Dict[str, Any]) -> None:
