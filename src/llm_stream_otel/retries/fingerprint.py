@@ -75,7 +75,11 @@ def _walk(value: Any, out: List[Any], budget: int) -> int:
                 pass
         for key, item in items:
             out.append(("k", key if type(key) is str else repr(key)))
-            budget = _walk(item, out, budget)
+            if type(item) is str and len(item) <= 2 * STRING_EDGE and budget > 0:
+                out.append(("s", item))  # a message's role or short content: what _walk would append
+                budget -= 1
+            else:
+                budget = _walk(item, out, budget)
     elif kind is float:
         out.append(("f", repr(value)))  # repr: a NaN hashes by identity, its repr does not
     elif isinstance(value, _SCALARS):

@@ -57,21 +57,25 @@ def _header(headers: Any, name: str) -> Optional[str]:
 def _wanted_headers(headers: Any) -> Dict[str, Optional[str]]:
     """The headers we read, as ``headers.get(name)`` gives them (repeats joined by ", ").
 
-    One pass over an httpx-style ``raw`` list of byte pairs: each ``get`` of
-    httpx / httpx2 ``Headers`` scans every header in Python (and the first
-    one decodes them all to pick an encoding), so four of them cost five
-    scans. An ASCII value reads the same in any encoding ``Headers`` may pick;
+    One pass over the headers: each ``get`` of httpx / httpx2 ``Headers``
+    scans every header in Python (and the first one decodes them all to pick
+    an encoding), so four of them cost five scans. The pass reads the
+    lower-cased keys ``Headers`` keeps (its ``_list`` triples) where they are,
+    else the public ``raw`` pairs. An ASCII value reads the same in any encoding ``Headers`` may pick;
     any other is decoded with the one it picks. Any other headers object: one
     ``get`` per name."""
-    try:
-        raw = headers.raw
-    except Exception:  # noqa: BLE001 - not httpx-style: look each one up
-        raw = None
-    if type(raw) is not list:
-        return {name: _header(headers, name) for name in _WANTED}
+    triples = getattr(headers, "_list", None)
+    if type(triples) is not list or (triples and not (type(triples[0]) is tuple and len(triples[0]) == 3)):
+        try:
+            raw = headers.raw
+        except Exception:  # noqa: BLE001 - not httpx-style: look each one up
+            raw = None
+        if type(raw) is not list:
+            return {name: _header(headers, name) for name in _WANTED}
+        triples = [(key, key.lower(), value) for key, value in raw]
     values: Dict[str, list] = {}
-    for key, value in raw:
-        name = _WANTED_RAW.get(key.lower())
+    for _raw, key, value in triples:
+        name = _WANTED_RAW.get(key)
         if name is not None:
             try:
                 text = value.decode("ascii")

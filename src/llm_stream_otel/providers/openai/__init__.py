@@ -44,6 +44,7 @@ class OpenAIProvider(Provider):
         self.describe = describe_request  # type: ignore[method-assign]
         self.reader = reader_for  # type: ignore[method-assign]
         self.watch = partial(wire.watch_stream, how=self.wire_strategy)  # type: ignore[method-assign]
+        self.iterator = wire.inner_iterator  # type: ignore[method-assign]
 
     def available(self) -> bool:
         return importlib.util.find_spec("openai") is not None
@@ -79,9 +80,6 @@ class OpenAIProvider(Provider):
     def kind_for(self, kwargs: Mapping[str, Any]) -> str:
         # Chat and legacy completions share a chunk shape; the Responses API takes ``input``.
         return "responses" if "input" in kwargs and "messages" not in kwargs else "chat"
-
-    def iterator(self, result: Any) -> Any:
-        return wire.inner_iterator(result)
 
 
 PROVIDER = OpenAIProvider

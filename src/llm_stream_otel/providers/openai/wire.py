@@ -90,7 +90,7 @@ def inner_iterator(result: Any) -> Any:
     ``for item in self._iterator: yield item``: the same items and the same
     exceptions, one generator frame less per chunk (its ``__next__`` reads the
     same ``_iterator``, so mixing ``next()`` and ``for`` is unchanged)."""
-    if type(result) not in _plain_classes():
+    if type(result) not in (_plain if _plain is not None else _plain_classes()):
         return None
     return vars(result).get("_iterator")
 
