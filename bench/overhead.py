@@ -52,6 +52,7 @@ UNINSTRUMENTED = "uninstrumented"
 OURS = "llm-stream-otel"
 OPENAI_V2 = "openai-v2"
 OPENLLMETRY = "openllmetry"
+OPENINFERENCE = "openinference"
 OURS_AND_V2 = "llm-stream-otel+openai-v2"
 # Allocations in these files are the HTTP/SSE transport's, the same in every configuration.
 _TRANSPORT_FILES = (
@@ -72,6 +73,7 @@ CONFIGS: Dict[str, Tuple[str, ...]] = {
     OURS: ("ours",),
     OPENAI_V2: ("openai_v2",),
     OPENLLMETRY: ("openllmetry",),
+    OPENINFERENCE: ("openinference",),
     OURS_AND_V2: ("ours", "openai_v2"),
 }
 # Every process loads every instrumentor package (and instruments only its own
@@ -80,11 +82,43 @@ CONFIGS: Dict[str, Tuple[str, ...]] = {
 # otherwise be charged to whichever configuration loaded more. The control
 # below loads nothing extra and instruments nothing (callgrind only): its
 # difference to "uninstrumented" shows the size of that effect.
-ALL_PACKAGES = ("import:ours", "import:openai_v2", "import:openllmetry")
+ALL_PACKAGES = ("import:ours", "import:openai_v2", "import:openllmetry", "import:openinference")
 MINIMAL = "no extra imports (control)"
 CONFIGS[MINIMAL] = ()
 TIMED_CONFIGS = [c for c in CONFIGS if c != MINIMAL]
 MODES = ("sync", "async")
+# The short-stream phases of the callgrind run: the prompts (14 bytes and 100 KB,
+# same shape) and the pace of the paced stream: real token streams' gaps are past
+# the gap histogram's first bucket (10 ms), where the bucket search runs.
+SHORT_PROMPT = "Say lorem ips."  # 14 bytes
+LONG_PROMPT = ("lorem ipsum dolor sit amet " * 4000)[:100_000]
+PACE_MS = 15.0
+
+
+class _PacedClock:
+    """Chunks 15 ms apart, as our proxy sees them, without waiting for them.
+
+    Pacing on the wire is not deterministic under callgrind: how the SDK's
+    reads split the body varies from run to run by tens of thousands of
+    instructions per chunk, which would drown a difference of a few hundred.
+    So the stream comes at full speed and the proxy's clock (its only clock
+    per chunk) advances ``PACE_MS`` per chunk: every gap takes the bucket
+    search a real token stream takes. The ending reads the real clock (the
+    duration stays real). Other instrumentors do not read this clock.
+    """
+
+    def __enter__(self) -> None:
+        import itertools
+
+        from llm_stream_otel.stream import proxy
+
+        self._proxy = proxy
+        self._saved = proxy._perf_counter
+        # From a second ahead: the first chunk comes after the stream's start, as it does for real.
+        proxy._perf_counter = itertools.count(time.perf_counter() + 1.0, PACE_MS / 1000).__next__
+
+    def __exit__(self, *exc: Any) -> None:
+        self._proxy._perf_counter = self._saved
 
 # The same environment for every configuration: content capture off everywhere
 # (the default of ours and of openai-v2; OpenLLMetry's default is on).
@@ -254,6 +288,10 @@ class _Harness:
             from opentelemetry.instrumentation.openai import OpenAIInstrumentor as TraceloopInstrumentor
 
             return TraceloopInstrumentor
+        if name == "openinference":
+            from openinference.instrumentation.openai import OpenAIInstrumentor as OpenInferenceInstrumentor
+
+            return OpenInferenceInstrumentor
         raise ValueError(name)  # pragma: no cover
 
     def _instrument(self, names: Tuple[str, ...]) -> None:
@@ -279,40 +317,63 @@ class _Harness:
         self._instrument(CONFIGS[config])
 
     # --- streams ----------------------------------------------------------------
-    def _kwargs(self, chunks: int) -> dict:
-        return {
+    def _kwargs(self, chunks: int, prompt: str = SHORT_PROMPT, stream: bool = True) -> dict:
+        kwargs = {
             "model": "gpt-bench",
-            "messages": [{"role": "user", "content": "Say lorem ipsum, many times."}],
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": prompt}],
             "extra_headers": {"x-bench-chunks": str(chunks)},
         }
+        if stream:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
+        return kwargs
 
-    def sync_stream(self, chunks: int) -> int:
+    def sync_stream(self, kwargs: dict) -> int:
         received = 0
-        for _ in self.client.chat.completions.create(**self._kwargs(chunks)):
+        for _ in self.client.chat.completions.create(**kwargs):
             received += 1
         self.streams_done += 1
         self.gaps_done += received - 1
         return received
 
-    async def async_stream(self, chunks: int) -> int:
+    async def async_stream(self, kwargs: dict) -> int:
         received = 0
-        async for _ in await self.aclient.chat.completions.create(**self._kwargs(chunks)):
+        async for _ in await self.aclient.chat.completions.create(**kwargs):
             received += 1
         self.streams_done += 1
         self.gaps_done += received - 1
         return received
 
-    def run(self, mode: str, chunks: int, streams: int = 1) -> int:
+    def run(self, mode: str, chunks: int, streams: int = 1, paced: bool = False, **request: Any) -> int:
+        """``streams`` calls of ``chunks`` chunks (``request``: prompt, stream=False; paced: see _PacedClock)."""
+        if paced:
+            with _PacedClock():
+                return self.run(mode, chunks, streams, **request)
+        kwargs = self._kwargs(chunks, **request)
+        if not kwargs.get("stream"):
+            return self._run_plain(mode, kwargs, streams)
         if mode == "sync":
-            return sum(self.sync_stream(chunks) for _ in range(streams))
+            return sum(self.sync_stream(kwargs) for _ in range(streams))
 
         async def many() -> int:
             total = 0
             for _ in range(streams):
-                total += await self.async_stream(chunks)
+                total += await self.async_stream(kwargs)
             return total
+
+        return self.loop.run_until_complete(many())
+
+    def _run_plain(self, mode: str, kwargs: dict, calls: int) -> int:
+        """Non-streaming calls (instrumentors that trace them pay their whole cost here)."""
+        if mode == "sync":
+            for _ in range(calls):
+                self.client.chat.completions.create(**kwargs)
+            return calls
+
+        async def many() -> int:
+            for _ in range(calls):
+                await self.aclient.chat.completions.create(**kwargs)
+            return calls
 
         return self.loop.run_until_complete(many())
 
@@ -320,6 +381,10 @@ class _Harness:
         for mode in MODES:
             self.run(mode, 100, 2)
             self.run(mode, 5, 3)
+            self.run(mode, 1, 2)
+            self.run(mode, 5, 2, prompt=LONG_PROMPT)
+            self.run(mode, 0, 2, stream=False)
+            self.run(mode, 3, 1, paced=True)
             self.run(mode, 0, 1)
 
     def close(self) -> None:
@@ -481,6 +546,19 @@ def _measured_phases(cg: "_Callgrind", phases: List[Any]) -> None:
         cg.dump()
 
 
+def callgrind_phases(chunks: int, streams: int) -> List[Tuple[str, int, int, Dict[str, Any]]]:
+    """(name, chunks, calls, request options) of each measured phase, per mode, in order."""
+    return [
+        ("zero", 0, 1, {}),
+        ("stream", chunks, 1, {}),
+        ("5-chunk", 5, streams, {}),
+        ("1-chunk", 1, streams, {}),
+        ("5-chunk, 100 KB prompt", 5, streams, {"prompt": LONG_PROMPT}),
+        ("non-streaming", 0, streams, {"stream": False}),
+        ("paced", chunks, 1, {"paced": True}),
+    ]
+
+
 def callgrind_child_main(config: str, port: int, chunks: int, streams: int) -> int:
     """Run under callgrind: start-up and warm-up uninstrumented, then measured phases between dumps."""
     cg = _Callgrind()
@@ -491,8 +569,8 @@ def callgrind_child_main(config: str, port: int, chunks: int, streams: int) -> i
     harness.run("async", 5, 1)
     phases = []
     for mode in MODES:
-        for n, count in ((0, 1), (chunks, 1), (5, streams)):
-            phases.append(lambda mode=mode, n=n, count=count: harness.run(mode, n, count))
+        for _name, n, count, request in callgrind_phases(chunks, streams):
+            phases.append(lambda mode=mode, n=n, count=count, request=request: harness.run(mode, n, count, **request))
     _measured_phases(cg, phases)
     harness.close()
     return 0
@@ -523,8 +601,8 @@ def callgrind_ab_child_main(configs: List[str], port: int, chunks: int) -> int:
 
         phases.append(switch)
         for mode in MODES:
-            for n in (0, chunks):
-                phases.append(lambda mode=mode, n=n: harness.run(mode, n, 1))
+            for n, paced in ((0, False), (chunks, False), (chunks, True)):
+                phases.append(lambda mode=mode, n=n, paced=paced: harness.run(mode, n, 1, paced=paced))
     _measured_phases(cg, phases)
     harness.close()
     return 0
@@ -928,24 +1006,40 @@ def _measured(parts: List[int]) -> List[int]:
     return parts[1::2]
 
 
+_PER_CALL_KEYS = (
+    "instr_per_small_stream",
+    "instr_per_1_chunk_stream",
+    "instr_per_long_prompt_stream",
+    "instr_per_plain_call",
+)
+
+
 def _callgrind_summary(results: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
     n = args.callgrind_chunks
-    summary: Dict[str, Any] = {"chunks": n, "small_streams": args.callgrind_streams, "raw": results, "modes": {}}
+    m = args.callgrind_streams
+    summary: Dict[str, Any] = {"chunks": n, "small_streams": m, "pace_ms": PACE_MS, "raw": results, "modes": {}}
     for mode_index, mode in enumerate(MODES):
         per_mode: Dict[str, Any] = {}
         for config, entry in results.items():
             if config in ("micro", "ab") or "parts" not in entry:
                 continue
             phases = _measured(entry["parts"])
-            if len(phases) < 6:
-                per_mode[config] = {"error": f"expected 6 phases, got {len(phases)}"}
+            names = callgrind_phases(n, m)
+            k = len(names)
+            if len(phases) < k * len(MODES):
+                per_mode[config] = {"error": f"expected {k * len(MODES)} phases, got {len(phases)}"}
                 continue
-            zero, full, small = phases[mode_index * 3 : mode_index * 3 + 3]
+            got = dict(zip((name for name, *_ in names), phases[mode_index * k : mode_index * k + k]))
+            zero = got["zero"]
             per_mode[config] = {
                 "instr_zero_stream": zero,
-                "instr_stream": full,
-                "instr_per_chunk": (full - zero) / n,
-                "instr_per_small_stream": small / args.callgrind_streams,
+                "instr_stream": got["stream"],
+                "instr_per_chunk": (got["stream"] - zero) / n,
+                "instr_per_paced_chunk": (got["paced"] - zero) / n,
+                "instr_per_small_stream": got["5-chunk"] / m,
+                "instr_per_1_chunk_stream": got["1-chunk"] / m,
+                "instr_per_long_prompt_stream": got["5-chunk, 100 KB prompt"] / m,
+                "instr_per_plain_call": got["non-streaming"] / m,
             }
         base = per_mode.get(UNINSTRUMENTED)
         if base and "instr_per_chunk" in base:
@@ -954,9 +1048,9 @@ def _callgrind_summary(results: Dict[str, Any], args: argparse.Namespace) -> Dic
                     continue
                 entry["instr_per_chunk_overhead"] = entry["instr_per_chunk"] - base["instr_per_chunk"]
                 entry["instr_ratio"] = entry["instr_per_chunk"] / base["instr_per_chunk"]
-                entry["instr_per_small_stream_overhead"] = (
-                    entry["instr_per_small_stream"] - base["instr_per_small_stream"]
-                )
+                for key in _PER_CALL_KEYS + ("instr_per_paced_chunk",):
+                    entry[key + "_overhead"] = entry[key] - base[key]
+                    entry[key + "_ratio"] = entry[key] / base[key]
         summary["modes"][mode] = per_mode
     ab = results.get("ab")
     if ab and "parts" in ab:
@@ -977,23 +1071,30 @@ def _callgrind_summary(results: Dict[str, Any], args: argparse.Namespace) -> Dic
 
 
 def _ab_summary(phases: List[int], args: argparse.Namespace) -> Dict[str, Any]:
-    """Per configuration: [switch, sync 0, sync N, async 0, async N] (see callgrind_ab_child_main)."""
+    """Per configuration: [switch, sync 0, sync N, sync N paced, async 0, ...] (see callgrind_ab_child_main)."""
     n = args.callgrind_chunks
     order = _ab_order(args.configs)
     order[order.index(UNINSTRUMENTED, 1)] = UNINSTRUMENTED + " (again)"
     out: Dict[str, Any] = {}
+    size = 1 + 3 * len(MODES)
     for i, config in enumerate(order):
-        block = phases[5 * i : 5 * i + 5]
-        if len(block) < 5:
-            return {"error": f"expected {5 * len(order)} phases, got {len(phases)}"}
+        block = phases[size * i : size * i + size]
+        if len(block) < size:
+            return {"error": f"expected {size * len(order)} phases, got {len(phases)}"}
         out[config] = {
-            mode: {"instr_per_chunk": (block[2 + 2 * k] - block[1 + 2 * k]) / n} for k, mode in enumerate(MODES)
+            mode: {
+                "instr_per_chunk": (block[2 + 3 * k] - block[1 + 3 * k]) / n,
+                "instr_per_paced_chunk": (block[3 + 3 * k] - block[1 + 3 * k]) / n,
+            }
+            for k, mode in enumerate(MODES)
         }
     base = out[UNINSTRUMENTED]
     for config, entry in out.items():
         for mode in MODES:
-            entry[mode]["instr_per_chunk_overhead"] = entry[mode]["instr_per_chunk"] - base[mode]["instr_per_chunk"]
-            entry[mode]["instr_ratio"] = entry[mode]["instr_per_chunk"] / base[mode]["instr_per_chunk"]
+            e, b = entry[mode], base[mode]
+            e["instr_per_chunk_overhead"] = e["instr_per_chunk"] - b["instr_per_chunk"]
+            e["instr_ratio"] = e["instr_per_chunk"] / b["instr_per_chunk"]
+            e["instr_per_paced_chunk_overhead"] = e["instr_per_paced_chunk"] - b["instr_per_paced_chunk"]
     return out
 
 
@@ -1012,6 +1113,65 @@ def _ns_from_instr(timings: Dict[str, Any], ab_entry: Dict[str, Any], mode: str)
 
 def _fmt(value: Optional[float], spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _millions(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f} M"
+
+
+def render_short_streams(result: Dict[str, Any]) -> List[str]:
+    """Per-call costs (callgrind, one process per configuration, minus uninstrumented)."""
+    callgrind = result.get("callgrind") or {}
+    modes = callgrind.get("modes") or {}
+    if not modes:
+        return []
+    lines = [
+        "",
+        f"[short streams and per-call costs: callgrind, extra instructions per call minus uninstrumented, "
+        f"{callgrind.get('small_streams')} calls each; paced chunk: {callgrind.get('chunks')} chunks "
+        f"{callgrind.get('pace_ms'):.0f} ms apart to our proxy's clock]",
+    ]
+    header = (
+        f"{'mode':5s} {'configuration':28s} {'1-chunk':>16s} {'5-chunk':>16s} {'5-chunk 100 KB':>16s} "
+        f"{'100KB/14B':>9s} {'non-stream':>10s} {'paced chunk':>11s} {'A/B chunk':>9s} {'A/B paced':>9s}"
+    )
+    ab = callgrind.get("ab") if isinstance(callgrind.get("ab"), dict) else {}
+    lines.append(header)
+    lines.append("-" * len(header))
+    for mode, per_mode in modes.items():
+        base = per_mode.get(UNINSTRUMENTED) or {}
+        lines.append(
+            f"{mode:5s} {'(SDK alone)':28s} {_millions(base.get('instr_per_1_chunk_stream')):>16s} "
+            f"{_millions(base.get('instr_per_small_stream')):>16s} "
+            f"{_millions(base.get('instr_per_long_prompt_stream')):>16s} {'':>9s} "
+            f"{_millions(base.get('instr_per_plain_call')):>10s} {_fmt(base.get('instr_per_paced_chunk')):>11s}"
+        )
+        if not isinstance(ab, dict):
+            ab = {}
+        for config in list(result["configs"]) + [MINIMAL]:
+            e = per_mode.get(config)
+            if config == UNINSTRUMENTED or not e or "instr_per_small_stream_overhead" not in e:
+                continue
+
+            def cell(key: str) -> str:
+                return f"{_millions(e[key + '_overhead'])} (x{e[key + '_ratio']:.3f})"
+
+            small, long_ = e["instr_per_small_stream_overhead"], e["instr_per_long_prompt_stream_overhead"]
+            size = f"{long_ / small:.3f}" if small > 0 else "-"
+            lines.append(
+                f"{'':5s} {config:28s} {cell('instr_per_1_chunk_stream'):>16s} {cell('instr_per_small_stream'):>16s} "
+                f"{cell('instr_per_long_prompt_stream'):>16s} {size:>9s} "
+                f"{_millions(e['instr_per_plain_call_overhead']):>10s} "
+                f"{_fmt(e['instr_per_paced_chunk_overhead']):>11s} "
+                f"{_fmt(((ab.get(config) or {}).get(mode) or {}).get('instr_per_chunk_overhead')):>9s} "
+                f"{_fmt(((ab.get(config) or {}).get(mode) or {}).get('instr_per_paced_chunk_overhead')):>9s}"
+            )
+    lines.append(
+        "  100KB/14B = extra instructions of the 5-chunk stream with a 100 KB prompt / with a 14-byte prompt;"
+        " paced chunk = (I(paced stream) - I(0-chunk stream)) / chunks, minus uninstrumented; A/B = the same per chunk"
+        " (paced and not), every configuration in turn in one process"
+    )
+    return lines
 
 
 def render(result: Dict[str, Any]) -> str:
@@ -1083,6 +1243,7 @@ def render(result: Dict[str, Any]) -> str:
         "'uninstrumented (again)' = A/B after the others' uninstrument(): what they leave behind.",
     ):
         lines.append("  " + note)
+    lines += render_short_streams(result)
     if memory:
         lines.append("")
         first = next(iter(memory.values()))
@@ -1194,6 +1355,7 @@ _MODULES = {
     "ours": "llm_stream_otel",
     "openai_v2": "opentelemetry.instrumentation.openai_v2",
     "openllmetry": "opentelemetry.instrumentation.openai",
+    "openinference": "openinference.instrumentation.openai",
 }
 
 
@@ -1221,6 +1383,7 @@ def _versions() -> Dict[str, str]:
         "opentelemetry-instrumentation-openai-v2",
         "opentelemetry-util-genai",
         "opentelemetry-instrumentation-openai",
+        "openinference-instrumentation-openai",
         "llm-stream-otel",
         "wrapt",
     ):
@@ -1260,7 +1423,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         },
         "versions": _versions(),
     }
-    server = Server([args.chunks, args.callgrind_chunks, args.memory_chunks + 50, args.fixed_chunks, 0])
+    server = Server([args.chunks, args.callgrind_chunks, args.memory_chunks + 50, args.fixed_chunks, 1, 0])
     workers: Dict[str, Worker] = {}
     try:
         log(f"bench server on 127.0.0.1:{server.port}; starting {len(args.configs)} workers")

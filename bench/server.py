@@ -3,7 +3,8 @@
 It answers ``POST /v1/chat/completions`` (streaming) with ``N`` content chunks,
 one finish chunk (``finish_reason: stop``), a usage chunk when the request asks
 for ``stream_options.include_usage``, then ``data: [DONE]``. ``N`` comes from the
-``x-bench-chunks`` request header (default 20,000).
+``x-bench-chunks`` request header (default 20,000). A non-streaming request
+(``"stream": false``) gets one JSON chat completion.
 
 Every body is built once per chunk count, cached as bytes and sent with a few
 ``sendall`` calls in large HTTP/1.1 chunked-encoding frames, so the server
@@ -107,6 +108,38 @@ _HEAD = (
 )
 
 
+def completion_response() -> bytes:
+    """A non-streaming chat completion (cached: the same bytes every time)."""
+    body = _cache.get((-1, False))
+    if body is None:
+        payload = json.dumps(
+            {
+                "id": "chatcmpl-bench0123456789",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": MODEL,
+                "system_fingerprint": "fp_bench",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Lorem ipsum dolor.", "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+            },
+            separators=(",", ":"),
+        ).encode()
+        body = (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"x-request-id: req_bench\r\nconnection: keep-alive\r\n\r\n%s" % (len(payload), payload)
+        )
+        with _cache_lock:
+            _cache[(-1, False)] = body
+    return body
+
+
 def _not_found() -> bytes:
     body = b'{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}'
     return (
@@ -165,6 +198,9 @@ def _serve(sock: socket.socket) -> None:
                 body = json.loads(raw or b"{}")
             except ValueError:
                 body = {}
+            if body.get("stream") is not True:
+                sock.sendall(completion_response())
+                continue
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             n_chunks = int(headers.get("x-bench-chunks") or DEFAULT_CHUNKS)
             payload = sse_body(n_chunks, usage)

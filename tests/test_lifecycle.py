@@ -264,3 +264,18 @@ def test_broken_monitor_never_reaches_the_app(instrumented, client, caplog):
     assert exc is None and chunks
     assert "internal error in chunk processing" in caplog.text
     assert len(instrumented.stream_spans()) == 1
+
+
+def test_for_loop_reads_the_sdk_streams_own_iterator_and_mixes_with_next(instrumented, client):
+    """``for`` over a plain ``openai.Stream`` loops over its ``_iterator`` (what its ``__iter__``
+    re-yields), one generator layer less per chunk; ``next()`` and ``for`` share it, as without us."""
+    stream = client.chat.completions.create(**request_kwargs("chat", "none"))
+    inner = stream._self_inner
+    assert inner is not None and inner[0] is openai.Stream and inner[1] is vars(stream.__wrapped__)["_iterator"]
+    first = next(stream)
+    rest = list(stream)
+    assert first.choices and rest and rest[-1] is not first
+    assert list(stream) == []  # exhausted, as the SDK's own stream would be
+    span = instrumented.span()
+    assert span.attributes[t.OUTCOME] == t.OUTCOME_COMPLETED
+    assert span.attributes[t.CHUNKS] == 1 + len(rest)

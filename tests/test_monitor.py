@@ -34,6 +34,38 @@ def test_timing_gaps_and_stalls():
     assert m.stall_events[0][2] == 3
 
 
+@pytest.mark.parametrize(
+    "bounds",
+    [t.SECONDS_BUCKETS, (), (0.5,), (0.01, 0.02), (0.01, 0.02, 0.04), (0.01, 0.02, 0.04, 0.08), (1.0, 2.0, 3.0, 4.0, 5.0)],
+    ids=lambda b: f"{len(b)}-bounds",
+)
+def test_hot_path_bucket_is_the_bisect_bucket(bounds):
+    """The compare chain over the first boundaries counts every gap where bisect_left would,
+    boundary values and gaps past the last boundary included, for any number of boundaries."""
+    import random
+    from bisect import bisect_left
+
+    rng = random.Random(7)
+    gaps = [0.0, *bounds, *(b * (1 + 1e-12) for b in bounds), *(b * (1 - 1e-12) for b in bounds), 1e9]
+    gaps += [rng.expovariate(1 / rng.choice([0.005, 0.03, 0.3, 3.0])) for _ in range(2000)]
+    m = StreamMonitor(0.0, stall_threshold=1e12, bucket_bounds=bounds)
+    now = 1.0
+    m.chunk(now, None)
+    expected = [0] * (len(bounds) + 1)
+    for gap in gaps:
+        before = now
+        now += gap
+        m.chunk(now, None)
+        expected[bisect_left(bounds, now - before)] += 1
+    assert m.gap_counts == expected
+    assert m.chunks == len(gaps) + 1
+    for gap in (*bounds, *(b * (1 + 1e-12) for b in bounds)):  # exactly on (and just past) each boundary
+        exact = StreamMonitor(0.0, stall_threshold=1e12, bucket_bounds=bounds)
+        exact.chunk(0.0, None)
+        exact.chunk(gap, None)
+        assert exact.gap_counts.index(1) == bisect_left(bounds, gap)
+
+
 def test_gap_replay_reproduces_count_sum_min_max_and_buckets():
     gaps = [0.001, 0.003, 0.005, 0.015, 0.5, 0.7, 3.0, 0.004]
     m = StreamMonitor(0.0, stall_threshold=2.0)
@@ -160,3 +192,57 @@ def test_content_capture_is_capped():
     off = StreamMonitor(0.0, 5.0, reader=read_choices_chunk)
     off.chunk(0.1, chat_chunk())
     assert off.content is None
+
+
+def _read_state(chunks):
+    m = StreamMonitor(0.0, stall_threshold=1e9, reader=read_choices_chunk)
+    for i, chunk in enumerate(chunks):
+        m.chunk(1.0 + i, chunk)
+    return (m.finish_reasons, m.max_choice, m.input_tokens, m.output_tokens, m.response_id, m.response_model)
+
+
+def test_chat_reader_reads_sdk_models_from_their_fields_as_by_attribute():
+    """The reader's ``__dict__`` reads give what attribute reads give, for the SDK's own
+    chunk models (validated and ``construct``-ed without an index), and for a model whose
+    usage is an extra field (an SDK without the field): that one is read by attribute."""
+    import pydantic
+    from openai.types.chat import ChatCompletionChunk
+    from openai.types.chat.chat_completion_chunk import Choice
+
+    def payload(index=True, finish=None, usage=None):
+        choice = {"delta": {"content": "x"}, "finish_reason": finish}
+        if index:
+            choice["index"] = 1
+        return {"id": "c-1", "object": "chat.completion.chunk", "created": 1, "model": "m-1", "choices": [choice], "usage": usage}
+
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    payloads = [payload(), payload(finish="stop"), {**payload(), "choices": [], "usage": usage}]
+    validated = [ChatCompletionChunk.model_validate(p) for p in payloads]
+    constructed = [ChatCompletionChunk.construct(**{**p, "choices": [types.SimpleNamespace(**c) for c in p["choices"]]}) for p in payloads]
+
+    def namespace(p):
+        return types.SimpleNamespace(**{**p, "choices": [types.SimpleNamespace(**{"index": None, **c}) for c in p["choices"]]})
+
+    expected = _read_state([namespace(p) for p in payloads])
+    assert expected == (["stop"], 1, 3, 4, "c-1", "m-1")
+    assert _read_state(validated) == expected
+    assert _read_state(constructed) == expected
+    # A compatible server that omits the index of its single choice: read as choice 0.
+    no_index = [
+        ChatCompletionChunk.construct(**{**p, "choices": [Choice.construct(**c) for c in p["choices"]]})
+        for p in (payload(index=False), payload(index=False, finish="stop"), payloads[2])
+    ]
+    assert no_index[0].choices[0].index is None
+    assert _read_state(no_index) == (["stop"], 0, 3, 4, "c-1", "m-1")
+
+    class OldChunk(pydantic.BaseModel):  # an SDK whose chunk model has no usage field
+        model_config = pydantic.ConfigDict(extra="allow")
+        id: str
+        model: str
+        choices: list
+
+    old = [OldChunk(**{k: v for k, v in p.items() if k != "usage"}, **({"usage": types.SimpleNamespace(**usage)} if p["usage"] else {})) for p in payloads]
+    for chunk in old:
+        chunk.choices = [types.SimpleNamespace(**{"index": 1, **c}) for c in chunk.choices]
+    assert "usage" not in old[2].__dict__ and old[2].usage is not None
+    assert _read_state(old) == expected

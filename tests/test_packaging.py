@@ -76,7 +76,7 @@ WHEEL_MODULES = {
          "bundled", "cli", "doctor"},
     "stream": {"__init__", "monitor", "outcome", "call", "record", "proxy", "telemetry", "wrapper",
                "http_facts", "connections", "handoff", "exit_hook", "first_pull"},
-    "metrics": {"__init__", "instruments", "histogram_merge", "cardinality"},
+    "metrics": {"__init__", "instruments", "histogram_merge", "sdk_fast_path", "cardinality"},
     "retries": {"__init__", "attempts", "fingerprint", "scope"},
     "providers": {"__init__", "base", "stainless"},
     "providers/openai": {"__init__", "patches", "request", "chunks", "wire", "include_usage"},

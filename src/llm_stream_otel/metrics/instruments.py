@@ -1,17 +1,22 @@
-"""Create the metric instruments of design.md from a meter.
+"""Create the metric instruments of design.md from a meter, and write a stream's ending into them.
 
 The gap histogram (one value per inter-chunk gap) is recorded once per
-stream by ``histogram_merge.GapRecorder``: see there for why and how.
+stream by ``histogram_merge.GapRecorder``: see there for why and how. The
+ending's single values (duration, time to first chunk, chunks, token usage,
+the counters) go through ``Instruments.write``: in one pass into the SDK's
+aggregations where ``sdk_fast_path`` is proven, else ``record()`` / ``add()``.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import sys
+from typing import Any, Dict, Optional, Sequence
 
 from opentelemetry.metrics import Counter, Histogram, Meter
 
 from .. import semconv as t
 from .histogram_merge import GapRecorder
+from .sdk_fast_path import FastPath, Record, proven
 
 
 def _histogram(meter: Meter, name: str, buckets: Optional[Sequence[float]]) -> Histogram:
@@ -43,5 +48,25 @@ class Instruments:
         self.retries = _counter(meter, t.METRIC_RETRIES)
         self.recoveries = _counter(meter, t.METRIC_RECOVERIES)
         self.internal_errors = _counter(meter, t.METRIC_INTERNAL_ERRORS)
-        self.gaps = GapRecorder(self.time_per_output_chunk, t.SECONDS_BUCKETS, metrics_fast_path)
         self.idle_before_end = _histogram(meter, t.METRIC_IDLE_BEFORE_END, t.IDLE_BEFORE_END_BUCKETS)
+        self.fast_path: Optional[FastPath] = FastPath() if metrics_fast_path else None
+        if metrics_fast_path and "opentelemetry.sdk.metrics" in sys.modules:
+            proven()  # run the self-test now rather than at the end of the first stream
+        self.gaps = GapRecorder(self.time_per_output_chunk, t.SECONDS_BUCKETS, self.fast_path)
+
+    def write(self, records: Sequence[Record], monitor: Any = None, gap_attributes: Optional[Dict[str, Any]] = None) -> None:
+        """Record single values, ``(instrument, value, attributes, is_counter)`` each, then
+        (with ``monitor``) the stream's gaps: in one pass on the fast path."""
+        fast = self.fast_path
+        gaps_done = monitor is None
+        if fast is not None and fast.usable():
+            gaps = None if monitor is None else (self.time_per_output_chunk, self.gaps.bounds, monitor, gap_attributes)
+            records, path = fast.write_ending(records, gaps)
+            gaps_done = gaps_done or path is not None
+        for instrument, value, attributes, is_counter in records:
+            if is_counter:
+                instrument.add(value, attributes)
+            else:
+                instrument.record(value, attributes)
+        if not gaps_done:
+            self.gaps.record_public(monitor, gap_attributes)

@@ -36,6 +36,9 @@ retries and recording; it never imports an SDK. A provider knows one SDK:
   headers as ``failed``; the provider notes the headers on the monitor
   (``stream.http_facts.note_response``) from its own hook on the SDK's HTTP
   layer, where it also counts the SDK's retries (``StreamCall.sdk_retry``).
+- ``iterator(result)``: optionally, an iterator that yields exactly what
+  iterating ``result`` yields, one layer cheaper per chunk (openai: the
+  stream's own ``_iterator``, which its ``__iter__`` only re-yields), or None.
 
 For the resilient helper (``resilient.py``), which takes the app's bound
 streaming method: ``kind_of(method)`` (is this bound SDK method one of
@@ -81,10 +84,28 @@ class RequestInfo:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+# id(url) -> (url, its parts): an httpx / httpx2 ``URL`` is immutable, and a
+# client keeps the same one, whose properties (host, port, path) re-parse it.
+_server_cache: Dict[int, Tuple[Any, Tuple[Optional[str], Optional[int], str]]] = {}
+_SERVER_CACHE_SIZE = 256
+
+
 def server_parts(url: Any) -> Tuple[Optional[str], Optional[int], str]:
     """Host, port and credential-free base URL of an ``httpx.URL``-like object."""
     if url is None:
         return None, None, ""
+    cached = _server_cache.get(id(url))
+    if cached is not None and cached[0] is url:
+        return cached[1]
+    parts = _server_parts(url)
+    if type(url).__module__.split(".", 1)[0] in ("httpx", "httpx2"):
+        if len(_server_cache) >= _SERVER_CACHE_SIZE:
+            _server_cache.clear()
+        _server_cache[id(url)] = (url, parts)
+    return parts
+
+
+def _server_parts(url: Any) -> Tuple[Optional[str], Optional[int], str]:
     host = getattr(url, "host", None) or None
     scheme = getattr(url, "scheme", "") or ""
     port = getattr(url, "port", None) or _DEFAULT_PORTS.get(scheme)
@@ -177,6 +198,11 @@ class Provider:
 
     def without_prefix(self, kind: str, chunk: Any, prefix: str) -> Any:
         return chunk
+
+
+    # --- the hot path -------------------------------------------------------------
+    def iterator(self, result: Any) -> Any:
+        return None
 
 
 def kind_by_owner(method: Any, targets: Any, find: Callable[[str, str], Optional[type]]) -> Optional[str]:

@@ -54,7 +54,8 @@ def _observer() -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         request = wrapped(*args, **kwargs)
         call = current_call.get()
-        if call is not None:
+        # A first attempt (the SDK passes ``retries_taken=0``): no retry, no header to read.
+        if call is not None and kwargs.get("retries_taken", -1) != 0:
             try:
                 count = _retry_count(request)
                 if count > 0:

@@ -127,18 +127,38 @@ class RetryTracker:
         )
 
     def finish(
-        self, attempt: Attempt, outcome: Optional[str], span: Span, metric_attributes: dict, now: float
+        self,
+        attempt: Attempt,
+        outcome: Optional[str],
+        span: Span,
+        metric_attributes: dict,
+        now: float,
+        span_attributes: Optional[dict] = None,
     ) -> None:
-        """An attempt settled: remember a failure, or count a recovery."""
+        """An attempt settled: remember a failure, or count a recovery.
+
+        The attempt's span attributes go into ``span_attributes`` when given
+        (the caller sets them with the span's others, in one call: each
+        ``set_attribute`` takes the span's lock and cleans its value), else
+        straight onto the span."""
         if attempt.fingerprint is None:
             return
-        if span.is_recording():
-            span.set_attribute(t.ATTEMPT, attempt.number)
-            span.set_attribute(t.IS_RETRY, attempt.is_retry)
-            if attempt.layer:
-                span.set_attribute(t.RETRY_LAYER, attempt.layer)
-            if attempt.is_retry and attempt.evidence:
-                span.set_attribute(t.RETRY_EVIDENCE, attempt.evidence)
+        attrs: dict = {} if span_attributes is None else span_attributes
+        attrs[t.ATTEMPT] = attempt.number
+        attrs[t.IS_RETRY] = attempt.is_retry
+        if attempt.layer:
+            attrs[t.RETRY_LAYER] = attempt.layer
+        if attempt.is_retry and attempt.evidence:
+            attrs[t.RETRY_EVIDENCE] = attempt.evidence
+        try:
+            self._settle(attempt, outcome, span, metric_attributes, now, attrs)
+        finally:
+            if span_attributes is None and span.is_recording():
+                span.set_attributes(attrs)
+
+    def _settle(
+        self, attempt: Attempt, outcome: Optional[str], span: Span, metric_attributes: dict, now: float, attrs: dict
+    ) -> None:
         if outcome in _FAILURES:
             first_truncated = attempt.first_truncated if attempt.is_retry else outcome == t.OUTCOME_TRUNCATED
             with self._lock:
@@ -153,5 +173,4 @@ class RetryTracker:
                 chain = self._chains.pop(attempt.fingerprint, None)
             if chain is not None and chain.first_truncated:
                 _add(self._instruments.recoveries, metric_attributes)
-                if span.is_recording():
-                    span.set_attribute(t.RECOVERED_AFTER_ATTEMPTS, attempt.number)
+                attrs[t.RECOVERED_AFTER_ATTEMPTS] = attempt.number

@@ -20,7 +20,6 @@ cut or failed attempt.
 
 from __future__ import annotations
 
-import hashlib
 from itertools import islice
 from typing import Any, List, Mapping, Optional, Sequence
 
@@ -55,68 +54,80 @@ NODE_BUDGET = 160
 _SCALARS = (int, float, bool, type(None))
 
 
-class _Budget:
-    __slots__ = ("left",)
-
-    def __init__(self, left: int) -> None:
-        self.left = left
-
-
-def _walk(value: Any, out: List[str], budget: _Budget) -> None:
-    if budget.left <= 0:
+def _walk(value: Any, out: List[Any], budget: int) -> int:
+    """Append the sample of ``value`` to ``out`` as hashable tuples; returns the budget left."""
+    if budget <= 0:
         out.append("~")
-        return
-    budget.left -= 1
+        return budget
+    budget -= 1
     kind = type(value)
     if kind is str:
         n = len(value)
-        out.append("s" + value if n <= 2 * STRING_EDGE else f"S{n}:{value[:STRING_EDGE]}\x00{value[-STRING_EDGE:]}")
+        out.append(("s", value) if n <= 2 * STRING_EDGE else ("S", n, value[:STRING_EDGE], value[-STRING_EDGE:]))
     elif kind is dict or (kind is not list and isinstance(value, Mapping)):
-        out.append(f"d{len(value)}")
-        # Request dicts are small and their keys strings: key order must not matter.
-        items = sorted(value.items()) if len(value) <= DICT_KEYS and _str_keys(value) else islice(value.items(), DICT_KEYS)
+        n = len(value)
+        out.append(("d", n))
+        items: Any = islice(value.items(), DICT_KEYS)
+        if n <= DICT_KEYS:
+            try:  # request dicts are small and their keys strings: key order must not matter
+                items = sorted(value.items(), key=_key)
+            except TypeError:
+                pass
         for key, item in items:
-            out.append(f"k{key}")
-            _walk(item, out, budget)
+            out.append(("k", key if type(key) is str else repr(key)))
+            if type(item) is str and len(item) <= 2 * STRING_EDGE and budget > 0:
+                out.append(("s", item))  # a message's role or short content: what _walk would append
+                budget -= 1
+            else:
+                budget = _walk(item, out, budget)
+    elif kind is float:
+        out.append(("f", repr(value)))  # repr: a NaN hashes by identity, its repr does not
     elif isinstance(value, _SCALARS):
-        out.append(f"{kind.__name__[0]}{value!r}")
+        out.append((kind.__name__, value))
     elif isinstance(value, str):
-        _walk(str(value), out, budget)
+        budget = _walk(str(value), out, budget + 1)
     elif isinstance(value, (list, tuple)):
         n = len(value)
-        out.append(f"l{n}")
+        out.append(("l", n))
         for item in value if n <= 2 * LIST_EDGE else (*value[:LIST_EDGE], *value[-LIST_EDGE:]):
-            _walk(item, out, budget)
+            budget = _walk(item, out, budget)
     elif isinstance(value, (bytes, bytearray)):
         n = len(value)
-        out.append(f"b{n}:{bytes(value[:STRING_EDGE])!r}{bytes(value[-STRING_EDGE:])!r}")
+        out.append(("b", n, bytes(value[:STRING_EDGE]), bytes(value[-STRING_EDGE:])))
     else:
         # A pydantic model or another object: its type and its fields, never its repr (unbounded).
-        out.append("o" + type(value).__qualname__)
+        out.append(("o", type(value).__qualname__))
         fields = getattr(value, "__dict__", None)
         if isinstance(fields, dict):
-            _walk(fields, out, budget)
+            budget = _walk(fields, out, budget)
+    return budget
 
 
-def _str_keys(value: Mapping) -> bool:
-    return all(type(key) is str for key in value)
+def _key(item: Any) -> Any:
+    key = item[0]
+    if type(key) is not str:
+        raise TypeError("not a string key")  # sort only string-keyed dicts
+    return key
 
 
 def request_fingerprint(
     kind: str, base_url: str, kwargs: Mapping[str, Any], keys: Sequence[str] = _IDENTITY_KEYS
 ) -> Optional[bytes]:
-    """16-byte digest of the request's identity (a bounded sample of it), or None if it can't be built.
+    """8-byte key of the request's identity (a bounded sample of it), or None if it can't be built.
 
     ``keys``: the arguments that make the request what it is (openai's by default; a
-    provider whose SDK names them differently passes its own)."""
-    out = [kind, base_url]
-    budget = _Budget(NODE_BUDGET)
+    provider whose SDK names them differently passes its own).
+
+    The sample is a tuple of short strings and numbers, hashed by Python's
+    (per-process keyed) ``hash``: the key lives only in this process's memory,
+    and a tuple hash costs a fraction of formatting and digesting a string."""
+    out: List[Any] = [kind, base_url]
+    budget = NODE_BUDGET
     try:
         for key in keys:
             if key in kwargs:
-                out.append("=" + key)
-                _walk(kwargs[key], out, budget)
-        payload = "\x1f".join(out)
+                out.append(key)
+                budget = _walk(kwargs[key], out, budget)
+        return hash(tuple(out)).to_bytes(8, "big", signed=True)
     except Exception:  # noqa: BLE001 - an odd request object: no fingerprint, no retry attribution
         return None
-    return hashlib.blake2b(payload.encode("utf-8", "surrogatepass"), digest_size=16).digest()

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextvars
 import time
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
@@ -31,6 +31,34 @@ current_call: "contextvars.ContextVar[Optional[StreamCall]]" = contextvars.Conte
 if TYPE_CHECKING:  # pragma: no cover
     from ..retries.attempts import Attempt
     from .record import Recorder
+
+
+class _Activation:
+    """``with call.activated():`` what ``trace.use_span(span, end_on_exit=False,
+    record_exception=False, set_status_on_exception=False)`` does (attach the
+    span's context, detach it after), plus ``current_call``, without two
+    generator-based context managers per request."""
+
+    __slots__ = ("_call", "_tokens")
+
+    def __init__(self, call: "StreamCall") -> None:
+        self._call = call
+
+    def __enter__(self) -> None:
+        call = self._call
+        token = current_call.set(call)
+        try:
+            self._tokens = (token, otel_context.attach(trace.set_span_in_context(call.span)))
+        except BaseException:
+            current_call.reset(token)
+            raise
+
+    def __exit__(self, *exc_info: Any) -> None:
+        token, context_token = self._tokens
+        try:
+            otel_context.detach(context_token)
+        finally:
+            current_call.reset(token)
 
 
 class StreamCall:
@@ -69,16 +97,10 @@ class StreamCall:
         self.wire: Any = None  # a provider's wire observer, set by the method wrapper
         exit_hook.track(self)
 
-    @contextmanager
-    def activated(self) -> Iterator[None]:
+    def activated(self) -> "_Activation":
         """While the request is sent: our span is current (child HTTP spans nest
         under it) and SDK retries are charged to this call."""
-        token = current_call.set(self)
-        try:
-            with trace.use_span(self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                yield
-        finally:
-            current_call.reset(token)
+        return _Activation(self)
 
     def sdk_retry(self, retry_count: int) -> None:
         """The SDK is sending retry number ``retry_count`` of this request."""

@@ -4,7 +4,7 @@ A stream left open at exit (a module-level stream when the script ends,
 ``sys.exit()`` or an unhandled exception in the loop, a stream held by a
 long-lived object, one kept alive by a reference cycle) would otherwise end
 after the span processor shut down, or never: its span and metrics are lost.
-Live calls are tracked in a ``WeakSet`` (it keeps nothing alive, and its
+Live calls are tracked by weak reference (that keeps nothing alive, and its
 weakref callback takes no lock); at exit each is ended as abandoned with
 ``llm.stream.ended_at_exit=true``.
 
@@ -18,20 +18,33 @@ from __future__ import annotations
 
 import atexit
 import weakref
-from typing import Any
+from typing import Any, Dict, List
 
 from .handoff import drain
 
-_live: "weakref.WeakSet[Any]" = weakref.WeakSet()
+# id(call) -> a weak reference to it; the reference's callback drops the entry
+# when the call is collected (a dict pop: no lock). Cheaper per stream than a
+# WeakSet, whose discard() builds a weak reference of its own.
+_live: Dict[int, "weakref.ref[Any]"] = {}
 _registered_at_stream = False
 
 
 def track(call: Any) -> None:
-    _live.add(call)
+    key = id(call)
+    _live[key] = weakref.ref(call, lambda ref, key=key: _live.pop(key, None) if _live.get(key) is ref else None)
 
 
 def untrack(call: Any) -> None:
-    _live.discard(call)
+    _live.pop(id(call), None)
+
+
+def live_calls() -> List[Any]:
+    calls = []
+    for ref in list(_live.values()):
+        call = ref()
+        if call is not None:
+            calls.append(call)
+    return calls
 
 
 def end_live_streams() -> None:
@@ -40,7 +53,7 @@ def end_live_streams() -> None:
         drain()
     except BaseException:  # noqa: BLE001 - strict mode: nothing to raise to at exit; end the rest
         pass
-    for call in list(_live):
+    for call in live_calls():
         try:
             call.end_at_exit()
         except BaseException:  # noqa: BLE001

@@ -42,12 +42,51 @@ _SSE = "text/event-stream"
 _MAX_HEADER_VALUE = 128
 
 
+_WANTED = ("server", "via", "x-request-id", "request-id", "content-type")
+_WANTED_RAW = {name.encode(): name for name in _WANTED}
+
+
 def _header(headers: Any, name: str) -> Optional[str]:
     try:
         value = headers.get(name)
     except Exception:  # noqa: BLE001 - an odd headers object: no value
         return None
     return str(value)[:_MAX_HEADER_VALUE] if value else None
+
+
+def _wanted_headers(headers: Any) -> Dict[str, Optional[str]]:
+    """The headers we read, as ``headers.get(name)`` gives them (repeats joined by ", ").
+
+    One pass over the headers: each ``get`` of httpx / httpx2 ``Headers``
+    scans every header in Python (and the first one decodes them all to pick
+    an encoding), so four of them cost five scans. The pass reads the
+    lower-cased keys ``Headers`` keeps (its ``_list`` triples) where they are,
+    else the public ``raw`` pairs. An ASCII value reads the same in any encoding ``Headers`` may pick;
+    any other is decoded with the one it picks. Any other headers object: one
+    ``get`` per name."""
+    triples = getattr(headers, "_list", None)
+    if type(triples) is not list or (triples and not (type(triples[0]) is tuple and len(triples[0]) == 3)):
+        try:
+            raw = headers.raw
+        except Exception:  # noqa: BLE001 - not httpx-style: look each one up
+            raw = None
+        if type(raw) is not list:
+            return {name: _header(headers, name) for name in _WANTED}
+        triples = [(key, key.lower(), value) for key, value in raw]
+    values: Dict[str, list] = {}
+    for _raw, key, value in triples:
+        name = _WANTED_RAW.get(key)
+        if name is not None:
+            try:
+                text = value.decode("ascii")
+            except UnicodeDecodeError:
+                text = value.decode(headers.encoding)
+            values.setdefault(name, []).append(text)
+    out: Dict[str, Optional[str]] = dict.fromkeys(_WANTED)
+    for name, found in values.items():
+        joined = ", ".join(found)
+        out[name] = joined[:_MAX_HEADER_VALUE] if joined else None
+    return out
 
 
 def _product(text: str) -> Optional[str]:
@@ -78,12 +117,23 @@ def intermediary(server: Optional[str], via: Optional[str]) -> Optional[str]:
     return t.ERROR_TYPE_OTHER
 
 
+_VERSIONS: Dict[Any, Optional[str]] = {}  # the few values seen, each parsed once
+
+
 def protocol_version(http_version: Any) -> Optional[str]:
     """``HTTP/1.1`` -> ``1.1``, ``HTTP/2`` -> ``2`` (semconv ``network.protocol.version``)."""
     if not http_version:
         return None
+    kind = type(http_version)
+    if kind is str or kind is bytes:
+        found = _VERSIONS.get(http_version, _VERSIONS)
+        if found is not _VERSIONS:
+            return found
     text = http_version.decode("ascii", "replace") if isinstance(http_version, bytes) else str(http_version)
-    return text.upper().replace("HTTP/", "").strip() or None
+    version = text.upper().replace("HTTP/", "").strip() or None
+    if (kind is str or kind is bytes) and len(_VERSIONS) < 16:
+        _VERSIONS[http_version] = version
+    return version
 
 
 def response_facts(response: Any) -> Dict[str, Any]:
@@ -98,13 +148,14 @@ def response_facts(response: Any) -> Dict[str, Any]:
     headers = getattr(response, "headers", None)
     if headers is None:
         return facts
-    found = intermediary(_header(headers, "server"), _header(headers, "via"))
+    wanted = _wanted_headers(headers)
+    found = intermediary(wanted["server"], wanted["via"])
     if found:
         facts[t.HTTP_INTERMEDIARY] = found
-    request_id = _header(headers, "x-request-id") or _header(headers, "request-id")  # openai, anthropic
+    request_id = wanted["x-request-id"] or wanted["request-id"]  # openai, anthropic
     if request_id:
         facts[t.HTTP_REQUEST_ID] = request_id
-    content_type = _header(headers, "content-type")
+    content_type = wanted["content-type"]
     if content_type and not content_type.lower().startswith(_SSE):
         facts[t.HTTP_CONTENT_TYPE] = content_type.split(";", 1)[0].strip()
     return facts

@@ -18,8 +18,10 @@ every attribute read on a ``wrapt`` proxy goes through its C ``getattro``
 stream, the monitor's ``chunk`` method and the call in locals, and holds the
 proxy so that it lives as long as the iteration. It loops over the wrapped
 stream's own iterator when its class defines ``__iter__`` and ``__next__``
-together (the SDK's do), else it calls ``__next__``/``__anext__`` each time.
-A direct ``next(stream)`` / ``await stream.__anext__()`` reads one bound
+together (the SDK's do), else it calls ``__next__``/``__anext__`` each time;
+or over what the provider gives as its equivalent one generator layer
+cheaper (``Provider.iterator``: openai's ``Stream.__iter__`` only re-yields
+``self._iterator``, so the loop reads that). A direct ``next(stream)`` / ``await stream.__anext__()`` reads one bound
 closure.
 """
 
@@ -142,7 +144,7 @@ async def _apull(wrapped: Any) -> Any:
         yield chunk
 
 
-def _sync_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCall) -> Any:
+def _sync_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCall, inner: Any = None) -> Any:
     """What ``iter(proxy)`` returns: the same steps as ``__next__``, as a generator.
 
     ``proxy`` is only held so that the stream is not garbage-collected (and
@@ -151,7 +153,12 @@ def _sync_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCall) -> 
     (the loop was left and the generator closed): that is not an ending of
     the stream, which stays open until it is closed or collected.
     """
-    source = iter(wrapped) if _defined_together(type(wrapped), "__iter__", "__next__") else _pull(wrapped)
+    if inner is not None and type(wrapped) is inner[0]:  # the provider's cheaper iter(wrapped) (Provider.iterator)
+        source = inner[1]
+    elif _defined_together(type(wrapped), "__iter__", "__next__"):
+        source = iter(wrapped)
+    else:
+        source = _pull(wrapped)
     try:
         for chunk in source:
             try:
@@ -167,11 +174,14 @@ def _sync_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCall) -> 
     call.stream_ended()
 
 
-async def _async_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCall) -> Any:
+async def _async_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCall, inner: Any = None) -> Any:
     """What ``aiter(proxy)`` returns (the SDK's ``AsyncStream.__aiter__`` is an async generator too)."""
-    source = (
-        wrapped.__aiter__() if _defined_together(type(wrapped), "__aiter__", "__anext__") else _apull(wrapped)
-    )
+    if inner is not None and type(wrapped) is inner[0]:
+        source = inner[1]
+    elif _defined_together(type(wrapped), "__aiter__", "__anext__"):
+        source = wrapped.__aiter__()
+    else:
+        source = _apull(wrapped)
     try:
         async for chunk in source:
             try:
@@ -190,12 +200,16 @@ async def _async_iterate(proxy: Any, wrapped: Any, on_chunk: Any, call: StreamCa
 class _ObservingProxy(wrapt.ObjectProxy):  # type: ignore[misc]
     """Shared hooks: feed the monitor, settle the call; never raise."""
 
-    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None) -> None:
+    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None, inner: Any = None) -> None:
         super().__init__(wrapped)
         self._self_call = call
         self._self_monitor = call.monitor
         # What is read for the app: the stream itself, or a filter of it (include_usage.py).
         self._self_source = wrapped if source is None else source
+        # What ``for`` / ``async for`` loop over instead of iter(stream), when the
+        # provider knows an equivalent one layer cheaper (Provider.iterator):
+        # (the stream's class it holds for, the iterator). Not if the class changes.
+        self._self_inner = (type(wrapped), inner) if source is None and inner is not None else None
 
     def _self_abandon(self) -> None:
         self._self_call.abandoned()
@@ -216,15 +230,18 @@ class _ObservingProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 class SyncStreamProxy(_ObservingProxy):
     """Proxy for ``openai.Stream``."""
 
-    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None) -> None:
-        super().__init__(wrapped, call, source)
-        self._self_next = _sync_step(self._self_source, call.monitor.chunk, call)
+    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None, inner: Any = None) -> None:
+        super().__init__(wrapped, call, source, inner)
+        self._self_next = None  # built at the first next(): most streams are read by a for loop
 
     def __iter__(self) -> Any:
-        return _sync_iterate(self, self._self_source, self._self_monitor.chunk, self._self_call)
+        return _sync_iterate(self, self._self_source, self._self_monitor.chunk, self._self_call, self._self_inner)
 
     def __next__(self) -> Any:
-        return self._self_next()
+        step = self._self_next
+        if step is None:
+            step = self._self_next = _sync_step(self._self_source, self._self_monitor.chunk, self._self_call)
+        return step()
 
     def __enter__(self) -> "SyncStreamProxy":
         self.__wrapped__.__enter__()
@@ -246,15 +263,18 @@ class SyncStreamProxy(_ObservingProxy):
 class AsyncStreamProxy(_ObservingProxy):
     """Proxy for ``openai.AsyncStream``."""
 
-    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None) -> None:
-        super().__init__(wrapped, call, source)
-        self._self_anext = _async_step(self._self_source, call.monitor.chunk, call)
+    def __init__(self, wrapped: Any, call: StreamCall, source: Any = None, inner: Any = None) -> None:
+        super().__init__(wrapped, call, source, inner)
+        self._self_anext = None  # built at the first __anext__(): most streams are read by async for
 
     def __aiter__(self) -> Any:
-        return _async_iterate(self, self._self_source, self._self_monitor.chunk, self._self_call)
+        return _async_iterate(self, self._self_source, self._self_monitor.chunk, self._self_call, self._self_inner)
 
     def __anext__(self) -> Any:
-        return self._self_anext()
+        step = self._self_anext
+        if step is None:
+            step = self._self_anext = _async_step(self._self_source, self._self_monitor.chunk, self._self_call)
+        return step()
 
     async def __aenter__(self) -> "AsyncStreamProxy":
         await self.__wrapped__.__aenter__()

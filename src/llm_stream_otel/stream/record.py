@@ -7,7 +7,7 @@ bookkeeping, span attributes and status, metrics, the span's end.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -19,6 +19,7 @@ from .http_facts import metric_facts
 from ..guard import internal_error
 from ..metrics.cardinality import CardinalityLimiter
 from ..metrics.instruments import Instruments
+from ..metrics.sdk_fast_path import Record
 from ..retries.attempts import RetryTracker
 from .monitor import StreamMonitor
 
@@ -41,7 +42,7 @@ def record_metrics(
     response_model: Optional[str],
     is_retry: bool,
 ) -> None:
-    """Record every per-stream metric of design.md."""
+    """Record every per-stream metric of design.md: the values in one ``write``, then the gaps."""
     attrs = dict(base)
     if response_model:
         attrs[t.GEN_AI_RESPONSE_MODEL] = response_model
@@ -52,41 +53,47 @@ def record_metrics(
     err = outcome_error_type(monitor)
     if err:
         attrs[t.ERROR_TYPE] = err
+    outcome = monitor.outcome
+    records: List[Record] = []
 
-    duration_attrs = dict(attrs)
-    duration_attrs[t.OUTCOME] = monitor.outcome
-    if monitor.duration is not None:
-        instruments.duration.record(monitor.duration, duration_attrs)
-
+    duration = monitor.duration
+    if duration is not None:
+        records.append((instruments.duration, duration, {**attrs, t.OUTCOME: outcome}, False))
     ttfc = monitor.time_to_first_chunk
     if ttfc is not None:
-        instruments.time_to_first_chunk.record(ttfc, attrs)
-    # One value per gap, handed over once per stream (see instruments.GapRecorder).
-    instruments.gaps.record_gaps(monitor, attrs)
-    if monitor.outcome != t.OUTCOME_FAILED:
-        instruments.chunks.record(monitor.chunks, attrs)
+        records.append((instruments.time_to_first_chunk, ttfc, attrs, False))
+    if outcome != t.OUTCOME_FAILED:
+        records.append((instruments.chunks, monitor.chunks, attrs, False))
     if monitor.stalls:
-        instruments.stalls.add(monitor.stalls, attrs)
+        records.append((instruments.stalls, monitor.stalls, attrs, True))
     if monitor.input_tokens is not None:
-        instruments.token_usage.record(monitor.input_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "input"})
+        records.append((instruments.token_usage, monitor.input_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "input"}, False))
     if monitor.output_tokens is not None:
-        instruments.token_usage.record(monitor.output_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "output"})
+        records.append(
+            (instruments.token_usage, monitor.output_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "output"}, False)
+        )
+    if outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
+        idle_attrs = {**attrs, t.TRUNCATION_REASON: monitor.reason or t.REASON_OTHER}
+        records.append((instruments.idle_before_end, monitor.idle_before_end, idle_attrs, False))
 
-    if monitor.outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
-        idle_attrs = dict(attrs)
-        idle_attrs[t.TRUNCATION_REASON] = monitor.reason or t.REASON_OTHER
-        instruments.idle_before_end.record(monitor.idle_before_end, idle_attrs)
-
-    outcome_attrs = dict(attrs)
-    outcome_attrs[t.OUTCOME] = monitor.outcome
-    outcome_attrs[t.IS_RETRY] = is_retry
+    outcome_attrs = {**attrs, t.OUTCOME: outcome, t.IS_RETRY: is_retry}
     if monitor.reason:
         outcome_attrs[t.TRUNCATION_REASON] = monitor.reason
     if monitor.http:
         outcome_attrs.update(metric_facts(monitor.http))
-    if monitor.error is not None and monitor.outcome in _ERROR_OUTCOMES:
+    if monitor.error is not None and outcome in _ERROR_OUTCOMES:
         outcome_attrs[t.ERROR_CAUSE] = error_cause(monitor.error)
-    instruments.outcomes.add(1, outcome_attrs)
+    records.append((instruments.outcomes, 1, outcome_attrs, True))
+    # Then one value per gap, handed over once per stream (see metrics.histogram_merge.GapRecorder).
+    instruments.write(records, monitor, attrs)
+
+
+def _set_quietly(span: Span, attributes: Dict[str, Any]) -> None:
+    try:
+        if attributes and span.is_recording():
+            span.set_attributes(attributes)
+    except Exception:  # noqa: BLE001
+        internal_error("span annotation")
 
 
 def annotate_span(
@@ -94,16 +101,17 @@ def annotate_span(
     monitor: StreamMonitor,
     wall_start_ns: int,
     capture_content: bool,
+    extra: Optional[Dict[str, Any]] = None,
 ) -> None:
-    """Set the summary attributes, events and status on a stream's span."""
+    """Set the summary attributes (and ``extra``), events and status on a stream's span."""
     if not span.is_recording():
         return
-    attrs: Dict[str, Any] = {
-        t.OUTCOME: monitor.outcome,
-        t.CHUNKS: monitor.chunks,
-        t.STALL_COUNT: monitor.stalls,
-        t.STALL_THRESHOLD: monitor.stall_threshold,
-    }
+    chunks = monitor.chunks
+    attrs: Dict[str, Any] = dict(extra) if extra else {}
+    attrs[t.OUTCOME] = monitor.outcome
+    attrs[t.CHUNKS] = chunks
+    attrs[t.STALL_COUNT] = monitor.stalls
+    attrs[t.STALL_THRESHOLD] = monitor.stall_threshold
     if monitor.reason:
         attrs[t.TRUNCATION_REASON] = monitor.reason
     ttfc = monitor.time_to_first_chunk
@@ -211,23 +219,25 @@ class Recorder:
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             is_retry = False
+            # The retry and call attributes, set with the summary in one call.
+            extra: Dict[str, Any] = {}
+            if call.sdk_retries:
+                extra[t.SDK_RETRIES] = call.sdk_retries
+            if at_exit:
+                extra[t.ENDED_AT_EXIT] = True
             try:
                 if call.attempt is not None:
                     is_retry = call.attempt.is_retry
                     self.retries.finish(
-                        call.attempt, monitor.outcome, span, call.metric_attributes, monitor.ended_at or 0.0
+                        call.attempt, monitor.outcome, span, call.metric_attributes, monitor.ended_at or 0.0, extra
                     )
             except Exception:  # noqa: BLE001
                 internal_error("retry bookkeeping")
             try:
-                if span.is_recording():
-                    if call.sdk_retries:
-                        span.set_attribute(t.SDK_RETRIES, call.sdk_retries)
-                    if at_exit:
-                        span.set_attribute(t.ENDED_AT_EXIT, True)
-                annotate_span(span, monitor, call.wall_start_ns, self.capture_content)
+                annotate_span(span, monitor, call.wall_start_ns, self.capture_content, extra)
             except Exception:  # noqa: BLE001
                 internal_error("span annotation")
+                _set_quietly(span, extra)  # what the failed step would have set with the summary
             try:
                 response_model = self.limit_model(monitor.response_model) if monitor.response_model else None
                 record_metrics(self.instruments, monitor, call.metric_attributes, response_model, is_retry)

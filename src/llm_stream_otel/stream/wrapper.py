@@ -43,13 +43,14 @@ def _wrap_result(result: Any, call: StreamCall, provider: "Provider", is_async: 
         if source is None and provider.sends_on_first_pull:
             # The request is sent by the first next(), not by the call (google-genai).
             source = FirstPull(result, call, provider)
+        inner = None if source is not None else provider.iterator(result)
         # Pick the proxy by the method called, not by duck typing: a stream
         # wrapper of another instrumentation (openai-v2's) can implement both
         # protocols, and a sync stream in an async proxy would go unobserved.
         if is_async and hasattr(result, "__anext__"):
-            return AsyncStreamProxy(result, call, source)
+            return AsyncStreamProxy(result, call, source, inner)
         if not is_async and hasattr(result, "__next__"):
-            return SyncStreamProxy(result, call, source)
+            return SyncStreamProxy(result, call, source, inner)
         return wrap_stream(result, call, source)
     except Exception:  # noqa: BLE001
         internal_error("stream wrap")

@@ -46,6 +46,7 @@ class OpenAIProvider(Provider):
         self.reader = reader_for  # type: ignore[method-assign]
         self.notice_test = notice_test_for  # type: ignore[method-assign]
         self.watch = partial(wire.watch_stream, how=self.wire_strategy)  # type: ignore[method-assign]
+        self.iterator = wire.inner_iterator  # type: ignore[method-assign]
 
     def available(self) -> bool:
         return importlib.util.find_spec("openai") is not None

@@ -32,6 +32,9 @@ _REQUEST_PARAMS = (
 )
 
 
+_PARAM_NAMES = frozenset(param for param, _key in _REQUEST_PARAMS)
+
+
 def server_of(instance: Any) -> Tuple[Optional[str], Optional[int], str]:
     """Host, port and credential-free base URL of the client behind a resource."""
     return server_parts(getattr(getattr(instance, "_client", None), "base_url", None))
@@ -53,8 +56,9 @@ def describe_request(kind: str, instance: Any, kwargs: Mapping[str, Any]) -> Req
         attributes[t.SERVER_ADDRESS] = host
     if port:
         attributes[t.SERVER_PORT] = port
-    for param, key in _REQUEST_PARAMS:
-        value = kwargs.get(param)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            attributes[key] = value
+    if not _PARAM_NAMES.isdisjoint(kwargs):  # most requests set none of them
+        for param, key in _REQUEST_PARAMS:
+            value = kwargs.get(param)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                attributes[key] = value
     return RequestInfo(kind, operation, model, host, port, base, attributes)

@@ -24,7 +24,10 @@ back to the finish-reason rule; ``doctor`` reports the strategy in use.
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import textwrap
 from collections import deque
 from typing import Any, AsyncIterator, Optional
 
@@ -37,15 +40,59 @@ STRATEGY_RECORD = "record"
 _MAX_DEPTH = 8  # generators delegating to generators: _iter_events -> iter_bytes -> _decode_lines
 
 
+_classes: tuple = ()  # found once, then reused: an import statement per stream costs more than the rest
+
+
 def sdk_stream_classes() -> tuple:
     """The SDK's ``Stream`` / ``AsyncStream``, or () if they cannot be found."""
+    global _classes
+    if _classes:
+        return _classes
     try:
         from openai._streaming import AsyncStream, Stream
     except ImportError:
         return ()
     if not (hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events")):
         return ()
-    return (Stream, AsyncStream)
+    _classes = (Stream, AsyncStream)
+    return _classes
+
+
+# Does Stream.__iter__ / AsyncStream.__aiter__ only re-yield ``self._iterator``? Read once.
+_plain: Optional[tuple] = None
+_PLAIN = {
+    "__iter__": re.compile(r"def __iter__\(self\)[^:]*:\s*for (\w+) in self\._iterator:\s*yield \1\s*$"),
+    "__aiter__": re.compile(r"async def __aiter__\(self\)[^:]*:\s*async for (\w+) in self\._iterator:\s*yield \1\s*$"),
+}
+
+
+def _plain_classes() -> tuple:
+    """The SDK stream classes whose iteration is their ``_iterator`` re-yielded (1.x-3.x: both)."""
+    global _plain
+    if _plain is None:
+        found = []
+        for cls, name in zip(sdk_stream_classes(), ("__iter__", "__aiter__")):
+            try:
+                source = inspect.getsource(vars(cls)[name])
+            except (OSError, TypeError, KeyError):
+                continue
+            if _PLAIN[name].search(textwrap.dedent(source).strip()):
+                found.append(cls)
+        _plain = tuple(found)
+    return _plain
+
+
+def inner_iterator(result: Any) -> Any:
+    """The SDK stream's ``_iterator``, where iterating the stream only re-yields it; else None.
+
+    For an ``openai.Stream`` / ``AsyncStream`` itself (not a subclass, not
+    another instrumentation's wrapper) whose ``__iter__`` / ``__aiter__`` is
+    ``for item in self._iterator: yield item``: the same items and the same
+    exceptions, one generator frame less per chunk (its ``__next__`` reads the
+    same ``_iterator``, so mixing ``next()`` and ``for`` is unchanged)."""
+    if type(result) not in (_plain if _plain is not None else _plain_classes()):
+        return None
+    return vars(result).get("_iterator")
 
 
 def strategy() -> Optional[str]:
@@ -187,7 +234,14 @@ def watch_stream(result: Any, how: Optional[str]) -> Optional[WireWatch]:
 
 def read_wire(monitor: Any, watch: WireWatch) -> None:
     """Tell the monitor what the wire showed at the end: ``[DONE]`` or not, and
-    the usage of a final error object (OpenRouter's, after a ``length`` finish)."""
+    the usage of a final error object (OpenRouter's, after a ``length`` finish).
+
+    Neither can matter once every choice has finished and the usage is in:
+    the outcome rules consult ``done_seen`` only for a stream without all its
+    finish reasons, and the error object's usage only fills a missing one.
+    Then the suspended SDK frames are not read at all (the common case)."""
+    if monitor.terminal and monitor.input_tokens is not None:
+        return
     event = watch.last_event()
     monitor.done_seen = is_done(event) if watch.done is None else watch.done
     if monitor.input_tokens is None and '"error"' in (getattr(event, "data", None) or ""):

@@ -1,0 +1,158 @@
+"""A stream's ending exports the same metrics whichever path writes them.
+
+``Instruments.write`` writes the ending's values (duration, time to first
+chunk, chunks, stalls, token usage, idle before the end, the outcome) and the
+gap merge in one pass through ``metrics.sdk_fast_path`` where it is proven,
+else through ``record()`` / ``add()``. Both runs below record the same settled
+monitors; every exported point must be the same: counts, sums, buckets, min,
+max, counter values, attributes and the histograms' exemplars (which name the
+stream's span), on cumulative and delta readers, through an attribute-key
+view, across two collections. The one documented difference: the gap
+histogram's merge offers the stream's largest gap to the exemplar reservoir,
+one exemplar per stream rather than one per gap.
+"""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import Counter as SdkCounter
+from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import View
+from opentelemetry.sdk.trace import TracerProvider
+
+from llm_stream_otel import semconv as t
+from llm_stream_otel.metrics import sdk_fast_path
+from llm_stream_otel.metrics.instruments import Instruments
+from llm_stream_otel.stream.monitor import StreamMonitor
+from llm_stream_otel.stream.record import record_metrics
+
+BASE = {t.GEN_AI_OPERATION_NAME: "chat", t.GEN_AI_PROVIDER_NAME: "openai", t.GEN_AI_REQUEST_MODEL: "m"}
+
+
+def _monitors():
+    """Settled monitors: completed with usage, truncated with a stall, failed, one chunk, length."""
+    out = []
+    for case in range(5):
+        m = StreamMonitor(0.0, stall_threshold=0.5)
+        if case == 2:
+            m.fail_request(0.3, ConnectionError("refused"))
+            out.append((m, None))
+            continue
+        now = 0.1 + 0.01 * case
+        for i in range(1 if case == 3 else 6 + case):
+            now += (0.004, 0.03, 0.9, 0.012, 0.2)[(i + case) % 5]
+            m.chunk(now, None)
+        if case in (0, 4):
+            m.input_tokens, m.output_tokens = 12 + case, 30 + case
+            m.finish(0, "stop" if case == 0 else "length")
+            m.done_seen = True
+            m.end(now + 0.001)
+        elif case == 1:
+            m.headers_at = 0.05
+            m.fail_stream(now + 0.7, TimeoutError("read timed out"))
+        else:
+            m.finish(0, "stop")
+            m.end(now + 0.002)
+        out.append((m, "m-resp" if case != 3 else None))
+    return out
+
+
+def _readers():
+    delta = {SdkHistogram: AggregationTemporality.DELTA, SdkCounter: AggregationTemporality.DELTA}
+    return [InMemoryMetricReader(), InMemoryMetricReader(preferred_temporality=delta)]
+
+
+def _points(reader):
+    data = reader.get_metrics_data()
+    out = []
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for p in metric.data.data_points:
+                    attrs = tuple(sorted(dict(p.attributes).items()))
+                    if hasattr(p, "bucket_counts"):
+                        exemplars = tuple(
+                            (e.value, e.span_id, e.trace_id, tuple(sorted(dict(e.filtered_attributes or {}).items())))
+                            for e in p.exemplars
+                        )
+                        out.append((metric.name, attrs, p.count, round(p.sum, 12), tuple(p.bucket_counts), p.min, p.max, exemplars))
+                    else:
+                        out.append((metric.name, attrs, p.value))
+    return sorted(out, key=repr)
+
+
+def _run(fast: bool):
+    readers = _readers()
+    views = [View(instrument_name=t.METRIC_DURATION, attribute_keys={t.OUTCOME, t.GEN_AI_OPERATION_NAME})]
+    provider = MeterProvider(metric_readers=readers, views=views, shutdown_on_exit=False)
+    instruments = Instruments(provider.get_meter("test"), metrics_fast_path=fast)
+    span = TracerProvider().get_tracer("test").start_span("stream")
+    _run.span = getattr(_run, "span", span)  # one span for both runs: the exemplars must name it
+    token = otel_context.attach(trace.set_span_in_context(_run.span))
+    collected = []
+    try:
+        for _round in range(2):
+            for monitor, response_model in _monitors():
+                record_metrics(instruments, monitor, BASE, response_model, is_retry=_round == 1)
+            collected.append([_points(reader) for reader in readers])
+    finally:
+        otel_context.detach(token)
+        provider.shutdown()
+    return collected, instruments
+
+
+def _without_gap_exemplars(collected):
+    """The gap histogram's points without their exemplars (one per stream on the fast path, see above)."""
+    return [
+        [[p[:-1] if p[0] == t.METRIC_TIME_PER_OUTPUT_CHUNK else p for p in points] for points in rounds]
+        for rounds in collected
+    ]
+
+
+def test_the_ending_exports_the_same_through_the_fast_path_and_the_public_api():
+    assert sdk_fast_path.proven(), "the self-test should prove the fast path on the SDK the tests run"
+    public, _ = _run(fast=False)
+    fast, instruments = _run(fast=True)
+    assert not instruments.fast_path.broken
+    names = {point[0] for rounds in public for points in rounds for point in points}
+    assert {t.METRIC_DURATION, t.METRIC_TIME_PER_OUTPUT_CHUNK, t.METRIC_TOKEN_USAGE, t.METRIC_OUTCOMES, t.METRIC_STALLS} <= names
+    assert _without_gap_exemplars(fast) == _without_gap_exemplars(public)
+    span_id = _run.span.get_span_context().span_id
+    gap_points = [p for p in fast[0][0] if p[0] == t.METRIC_TIME_PER_OUTPUT_CHUNK]
+    assert gap_points and all(p[-1] and all(e[1] == span_id for e in p[-1]) for p in gap_points)
+
+
+def test_a_surprise_inside_the_fast_path_hands_the_rest_to_the_public_api(monkeypatch):
+    """Our own bug (or an SDK change) mid-write: nothing is lost, nothing is counted twice,
+    and the fast path stays off for good."""
+    public, _ = _run(fast=False)
+    calls = {"n": 0}
+    original = sdk_fast_path._aggregate
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("surprise before the third value is aggregated")
+        return original(*args)
+
+    monkeypatch.setattr(sdk_fast_path, "_aggregate", flaky)
+    fast, instruments = _run(fast=True)
+    assert instruments.fast_path.broken
+    assert _without_gap_exemplars(fast) == _without_gap_exemplars(public)
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_a_value_the_sdk_would_refuse_goes_to_the_public_api(value, caplog):
+    """A bad value (a clock step, a server's negative token count) is the SDK's to refuse, with its warning."""
+    readers = _readers()
+    provider = MeterProvider(metric_readers=readers, shutdown_on_exit=False)
+    instruments = Instruments(provider.get_meter("test"), metrics_fast_path=True)
+    instruments.write([(instruments.token_usage, value, BASE, False), (instruments.chunks, 3, BASE, False)])
+    names = {point[0] for point in _points(readers[0])}
+    assert names == {t.METRIC_CHUNKS}
+    assert not instruments.fast_path.broken
+    provider.shutdown()
