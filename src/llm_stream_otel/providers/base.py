@@ -61,6 +61,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .. import semconv as t
 from ..retries.fingerprint import request_fingerprint
 
 # (owner class, attribute name, wrapt wrapper)
@@ -113,6 +114,29 @@ def _server_parts(url: Any) -> Tuple[Optional[str], Optional[int], str]:
     # Built from parts on purpose: str(url) would keep any user:password@.
     base = f"{scheme}://{host}:{port}{path}" if host else ""
     return host, port, base
+
+
+def request_attributes(
+    operation: str, provider: str, model: Optional[str], host: Optional[str], port: Optional[int]
+) -> Dict[str, Any]:
+    """The span attributes every provider's request has (GenAI semconv), before its own parameters."""
+    attributes: Dict[str, Any] = {
+        t.GEN_AI_OPERATION_NAME: operation,
+        t.GEN_AI_PROVIDER_NAME: provider,
+        t.GEN_AI_REQUEST_STREAM: True,
+    }
+    if model:
+        attributes[t.GEN_AI_REQUEST_MODEL] = model
+    if host:
+        attributes[t.SERVER_ADDRESS] = host
+    if port:
+        attributes[t.SERVER_PORT] = port
+    return attributes
+
+
+def is_number(value: Any) -> bool:
+    """A sampling parameter worth an attribute: an int or float, not a bool (nor a NOT_GIVEN sentinel)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Provider:

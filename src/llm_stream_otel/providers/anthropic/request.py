@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Mapping
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _gen_ai
 
 from ... import semconv as t
-from ..base import RequestInfo, server_parts
+from ..base import RequestInfo, is_number, request_attributes, server_parts
 
 _REQUEST_PARAMS = (
     ("max_tokens", _gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
@@ -21,19 +21,9 @@ def describe_request(kind: str, instance: Any, kwargs: Mapping[str, Any]) -> Req
     model = kwargs.get("model")
     model = model if isinstance(model, str) else None
     host, port, base = server_parts(getattr(getattr(instance, "_client", None), "base_url", None))
-    attributes: Dict[str, Any] = {
-        t.GEN_AI_OPERATION_NAME: t.OPERATION_CHAT,
-        t.GEN_AI_PROVIDER_NAME: t.PROVIDER_ANTHROPIC,
-        t.GEN_AI_REQUEST_STREAM: True,
-    }
-    if model:
-        attributes[t.GEN_AI_REQUEST_MODEL] = model
-    if host:
-        attributes[t.SERVER_ADDRESS] = host
-    if port:
-        attributes[t.SERVER_PORT] = port
+    attributes = request_attributes(t.OPERATION_CHAT, t.PROVIDER_ANTHROPIC, model, host, port)
     for param, key in _REQUEST_PARAMS:
         value = kwargs.get(param)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number(value):
             attributes[key] = value
     return RequestInfo(kind, t.OPERATION_CHAT, model, host, port, base, attributes)

@@ -7,13 +7,13 @@ fingerprint hashes it in memory elsewhere and never exports it).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _gen_ai
 
 from ... import semconv as t
-from ..base import RequestInfo
+from ..base import RequestInfo, is_number, request_attributes
 
 # GenerateContentConfig field -> span attribute
 _CONFIG_PARAMS = (
@@ -66,21 +66,11 @@ def describe_request(kind: str, instance: Any, kwargs: Mapping[str, Any]) -> Req
     api_client = api_client_of(instance)
     model = model_name(kwargs.get("model"))
     host, port, base = server_of(api_client)
-    attributes: Dict[str, Any] = {
-        t.GEN_AI_OPERATION_NAME: t.OPERATION_GENERATE_CONTENT,
-        t.GEN_AI_PROVIDER_NAME: provider_name(api_client),
-        t.GEN_AI_REQUEST_STREAM: True,
-    }
-    if model:
-        attributes[t.GEN_AI_REQUEST_MODEL] = model
-    if host:
-        attributes[t.SERVER_ADDRESS] = host
-    if port:
-        attributes[t.SERVER_PORT] = port
+    attributes = request_attributes(t.OPERATION_GENERATE_CONTENT, provider_name(api_client), model, host, port)
     config = kwargs.get("config")
     if config is not None:
         for param, key in _CONFIG_PARAMS:
             value = _config_value(config, param)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if is_number(value):
                 attributes[key] = value
     return RequestInfo(kind, t.OPERATION_GENERATE_CONTENT, model, host, port, base, attributes)

@@ -7,12 +7,12 @@ memory elsewhere, and never exports them).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _gen_ai
 
 from ... import semconv as t
-from ..base import RequestInfo, server_parts
+from ..base import RequestInfo, is_number, request_attributes, server_parts
 
 # kind of instrumented method -> gen_ai.operation.name
 OPERATIONS = {
@@ -45,20 +45,10 @@ def describe_request(kind: str, instance: Any, kwargs: Mapping[str, Any]) -> Req
     model = kwargs.get("model")
     model = model if isinstance(model, str) else None
     host, port, base = server_of(instance)
-    attributes: Dict[str, Any] = {
-        t.GEN_AI_OPERATION_NAME: operation,
-        t.GEN_AI_PROVIDER_NAME: t.PROVIDER_OPENAI,
-        t.GEN_AI_REQUEST_STREAM: True,
-    }
-    if model:
-        attributes[t.GEN_AI_REQUEST_MODEL] = model
-    if host:
-        attributes[t.SERVER_ADDRESS] = host
-    if port:
-        attributes[t.SERVER_PORT] = port
+    attributes = request_attributes(operation, t.PROVIDER_OPENAI, model, host, port)
     if not _PARAM_NAMES.isdisjoint(kwargs):  # most requests set none of them
         for param, key in _REQUEST_PARAMS:
             value = kwargs.get(param)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if is_number(value):
                 attributes[key] = value
     return RequestInfo(kind, operation, model, host, port, base, attributes)
