@@ -384,22 +384,45 @@ def create(client: Any, endpoint: str, **kwargs: Any) -> Any:
 
 
 def consume(client: Any, scn: Scenario, **kw: Any) -> Tuple[List[Any], Optional[BaseException]]:
+    """Read a stream to its end or its exception, then close it, as a careful app does.
+
+    The close matters to the suite, not to what is compared: hypothesis keeps
+    the exceptions of an example in reference cycles, and with them the
+    suspended byte iterators of a stream that failed above the transport (an
+    error event). Left open, such a stream is closed by the garbage collector
+    whenever it runs, and on httpcore 1.x that close takes the pool's lock,
+    which the same thread may be holding in the next request of the shared
+    client: a deadlock of httpcore's, with or without instrumentation (seen on
+    openai 1.x, stack in the CI log of stop 21). Closed here, the later
+    collection finds the pool stream already closed and takes no lock.
+    """
     chunks: List[Any] = []
+    stream = None
     try:
-        for chunk in create(client, scn.endpoint, **scn.kwargs(**kw)):
+        stream = create(client, scn.endpoint, **scn.kwargs(**kw))
+        for chunk in stream:
             chunks.append(chunk)
     except Exception as exc:  # noqa: BLE001
         return chunks, exc
+    finally:
+        if stream is not None:
+            stream.close()
     return chunks, None
 
 
 async def aconsume(client: Any, scn: Scenario, **kw: Any) -> Tuple[List[Any], Optional[BaseException]]:
+    """``consume`` for an async client (the stream is closed the same way, for the same reason)."""
     chunks: List[Any] = []
+    stream = None
     try:
-        async for chunk in await create(client, scn.endpoint, **scn.kwargs(**kw)):
+        stream = await create(client, scn.endpoint, **scn.kwargs(**kw))
+        async for chunk in stream:
             chunks.append(chunk)
     except Exception as exc:  # noqa: BLE001
         return chunks, exc
+    finally:
+        if stream is not None:
+            await stream.close()
     return chunks, None
 
 
