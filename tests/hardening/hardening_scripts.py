@@ -392,37 +392,29 @@ def consume(client: Any, scn: Scenario, **kw: Any) -> Tuple[List[Any], Optional[
     error event). Left open, such a stream is closed by the garbage collector
     whenever it runs, and on httpcore 1.x that close takes the pool's lock,
     which the same thread may be holding in the next request of the shared
-    client: a deadlock of httpcore's, with or without instrumentation (seen on
-    openai 1.x, stack in the CI log of stop 21). Closed here, the later
-    collection finds the pool stream already closed and takes no lock.
+    client: a deadlock of httpcore's, with or without instrumentation (it hung
+    the CI of stop 21 on openai 1.x; reproduced with its stack). Closed here,
+    the later collection finds the pool stream already closed and takes no lock.
     """
     chunks: List[Any] = []
-    stream = None
     try:
-        stream = create(client, scn.endpoint, **scn.kwargs(**kw))
-        for chunk in stream:
-            chunks.append(chunk)
+        with create(client, scn.endpoint, **scn.kwargs(**kw)) as stream:
+            for chunk in stream:
+                chunks.append(chunk)
     except Exception as exc:  # noqa: BLE001
         return chunks, exc
-    finally:
-        if stream is not None:
-            stream.close()
     return chunks, None
 
 
 async def aconsume(client: Any, scn: Scenario, **kw: Any) -> Tuple[List[Any], Optional[BaseException]]:
     """``consume`` for an async client (the stream is closed the same way, for the same reason)."""
     chunks: List[Any] = []
-    stream = None
     try:
-        stream = await create(client, scn.endpoint, **scn.kwargs(**kw))
-        async for chunk in stream:
-            chunks.append(chunk)
+        async with await create(client, scn.endpoint, **scn.kwargs(**kw)) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
     except Exception as exc:  # noqa: BLE001
         return chunks, exc
-    finally:
-        if stream is not None:
-            await stream.close()
     return chunks, None
 
 
