@@ -15,7 +15,11 @@ per event:
 - ``record`` (openai 1.x): after ``[DONE]`` the SDK drains the rest of the
   body (and any event after ``[DONE]``), so the generator is exhausted either
   way. The events then pass through one small generator that keeps the last
-  event and notes a ``[DONE]`` among them (a Python frame per event, on 1.x only).
+  event and notes a ``[DONE]`` among them. Where the SDK's ``_iter_events``
+  only re-yields its SSE decoder's events (1.x: checked once, on its source),
+  our generator reads the decoder itself and takes that frame's place: no
+  frame more per event than without us, and ``[DONE]`` is read off the
+  event's ``_data`` (its ``data`` property returns it) without a call.
 
 Where neither applies (no ``_iter_events``, another wrapper's stream, an
 already-started stream), ``watch_stream`` returns None and the outcome falls
@@ -29,6 +33,7 @@ import json
 import re
 import textwrap
 from collections import deque
+from operator import attrgetter
 from typing import Any, AsyncIterator, Optional
 
 from .chunks import read_error_object_usage
@@ -168,24 +173,92 @@ def event_json(event: Any) -> Any:
         return None
 
 
-def _record(events: Any, last: deque, watch: WireWatch) -> Any:
+# openai 1.x's _iter_events, sync and async: the decoder's events re-yielded, nothing else.
+_DECODER_ONLY = {
+    False: re.compile(
+        r"def _iter_events\(self\)[^:]*:\s*yield from self\._decoder\.iter_bytes\(self\.response\.iter_bytes\(\)\)\s*$"
+    ),
+    True: re.compile(
+        r"async def _iter_events\(self\)[^:]*:\s*async for (\w+) in "
+        r"self\._decoder\.aiter_bytes\(self\.response\.aiter_bytes\(\)\):\s*yield \1\s*$"
+    ),
+}
+_DATA_PROPERTY = re.compile(r"def data\(self\)[^:]*:\s*return self\._data\s*$")
+_decoder_only: Optional[dict] = None  # class -> does its _iter_events only re-yield the decoder's events?
+_data_of: Any = None  # how an event's data is read: attrgetter("_data") where ``data`` returns it
+
+
+def _source_matches(function: Any, pattern: "re.Pattern[str]") -> bool:
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return bool(pattern.search(textwrap.dedent(source).strip()))
+
+
+def _reads_decoder(stream: Any, is_async: bool) -> bool:
+    """Is ``type(stream)._iter_events`` the plain re-yield of the decoder's events (read once per class)?"""
+    global _decoder_only
+    if _decoder_only is None:
+        _decoder_only = {}
+    cls = type(stream)
+    known = _decoder_only.get(cls)
+    if known is None:
+        function = getattr(cls, "_iter_events", None)
+        known = _decoder_only[cls] = (
+            function is not None and cls in sdk_stream_classes() and _source_matches(function, _DECODER_ONLY[is_async])
+        )
+    return known
+
+
+def _event_data() -> Any:
+    global _data_of
+    if _data_of is None:
+        try:
+            from openai._streaming import ServerSentEvent
+
+            plain = _source_matches(ServerSentEvent.data.fget, _DATA_PROPERTY)
+        except (ImportError, AttributeError):
+            plain = False
+        _data_of = attrgetter("_data" if plain else "data")
+    return _data_of
+
+
+def _decoded_events(stream: Any, is_async: bool) -> Any:
+    """The SDK decoder's events of ``stream``, read as its ``_iter_events`` would; None if it does more."""
+    try:
+        if not _reads_decoder(stream, is_async):
+            return None
+        decoder, response = stream._decoder, stream.response
+        return decoder.aiter_bytes(response.aiter_bytes()) if is_async else decoder.iter_bytes(response.iter_bytes())
+    except Exception:  # noqa: BLE001 - the SDK's own _iter_events then
+        return None
+
+
+def _record(events: Any, last: deque, watch: WireWatch, data_of: Any) -> Any:
     """Pass the SDK's events through, keeping the last one and whether one was [DONE]."""
     append = last.append
     watch.done = False
     for sse in events:
         append(sse)
-        if not watch.done and is_done(sse):
-            watch.done = True
+        try:
+            if data_of(sse).startswith(DONE):
+                watch.done = True
+        except Exception:  # noqa: BLE001 - an event of another shape: the last event decides
+            pass
         yield sse
 
 
-async def _arecord(events: AsyncIterator[Any], last: deque, watch: WireWatch) -> AsyncIterator[Any]:
+async def _arecord(events: AsyncIterator[Any], last: deque, watch: WireWatch, data_of: Any) -> AsyncIterator[Any]:
     append = last.append
     watch.done = False
     async for sse in events:
         append(sse)
-        if not watch.done and is_done(sse):
-            watch.done = True
+        try:
+            if data_of(sse).startswith(DONE):
+                watch.done = True
+        except Exception:  # noqa: BLE001
+            pass
         yield sse
 
 
@@ -220,13 +293,16 @@ def watch_stream(result: Any, how: Optional[str]) -> Optional[WireWatch]:
     def iter_events() -> Any:
         # Called once, by the SDK's __stream__: unhook first (no cycle stream -> hook stays).
         namespace.pop("_iter_events", None)
-        events = original()
         if how == STRATEGY_PEEK:
-            watch.events = events
+            watch.events = events = original()
             return events
+        events = _decoded_events(stream, is_async)
+        if events is None:
+            events = original()
         last: deque = deque(maxlen=1)
         watch.last = last
-        return _arecord(events, last, watch) if is_async else _record(events, last, watch)
+        data_of = _event_data()
+        return _arecord(events, last, watch, data_of) if is_async else _record(events, last, watch, data_of)
 
     namespace["_iter_events"] = iter_events
     return watch
