@@ -246,3 +246,53 @@ def test_chat_reader_reads_sdk_models_from_their_fields_as_by_attribute():
         chunk.choices = [types.SimpleNamespace(**{"index": 1, **c}) for c in chunk.choices]
     assert "usage" not in old[2].__dict__ and old[2].usage is not None
     assert _read_state(old) == expected
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.005, 0.01, 0.015, 0.025, 0.05, 0.2, 5.0])
+def test_stalls_and_buckets_with_a_threshold_inside_the_compare_chain(threshold):
+    """The compare chain skips the stall check, so it must stop at the stall threshold:
+    every gap above it is a stall and every gap lands in its bisect bucket, whatever the threshold."""
+    import random
+    from bisect import bisect_left
+
+    rng = random.Random(threshold)
+    bounds = t.SECONDS_BUCKETS
+    gaps = [threshold, threshold * (1 + 1e-9) + 1e-12, *bounds[:5]] + [rng.uniform(0, 0.12) for _ in range(500)]
+    m = StreamMonitor(0.0, stall_threshold=threshold, bucket_bounds=bounds, stall_event_limit=10_000)
+    now = 1.0
+    m.chunk(now, None)
+    expected = [0] * (len(bounds) + 1)
+    stalls = 0
+    for gap in gaps:
+        before = now
+        now += gap
+        m.chunk(now, None)
+        expected[bisect_left(bounds, now - before)] += 1
+        stalls += (now - before) > threshold
+    assert m.gap_counts == expected
+    assert m.stalls == stalls == len(m.stall_events)
+
+
+def test_the_chat_reader_reads_ids_until_both_are_in():
+    """Azure's first chunk has empty ids: the reader keeps reading them until both are there,
+    then the monitor reads on without the check (``read_choices``)."""
+    from llm_stream_otel.providers.openai.chunks import read_choices
+
+    m = StreamMonitor(0.0, 5.0, reader=read_choices_chunk)
+    first = chat_chunk(choices=False)
+    first.id, first.model = "", ""
+    m.chunk(0.1, first)
+    assert m.reader is read_choices_chunk and m.response_id is None
+    half = chat_chunk()
+    half.model = ""
+    m.chunk(0.2, half)
+    assert m.reader is read_choices_chunk and m.response_id == "chatcmpl-1" and m.response_model is None
+    m.chunk(0.3, chat_chunk())
+    assert m.reader is read_choices and m.response_model == "m-1"
+    later = chat_chunk(index=1, finish_reason="stop")
+    later.id, later.model = "other", "other"
+    m.chunk(0.4, later)
+    assert (m.response_id, m.response_model) == ("chatcmpl-1", "m-1")
+    assert m.max_choice == 1 and not m.terminal  # choice 0 has not finished
+    m.chunk(0.5, chat_chunk(index=0, finish_reason="stop"))
+    assert m.terminal

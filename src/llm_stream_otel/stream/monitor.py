@@ -10,6 +10,7 @@ operations and one ``bisect`` per chunk, state of constant size.
 from __future__ import annotations
 
 from bisect import bisect_left
+from itertools import takewhile
 from math import nextafter
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -61,6 +62,7 @@ class StreamMonitor:
         "bound_1",
         "bound_2",
         "bound_3",
+        "chain_length",
         "gap_min",
         "gap_max",
         "finish_reasons",
@@ -128,9 +130,13 @@ class StreamMonitor:
         # SDK is called once per stream rather than once per chunk. The chunk
         # count is the gap count + 1. O(buckets), independent of the chunk count.
         self.gap_counts: List[int] = [0] * (len(bucket_bounds) + 1)
-        # The first four bucket boundaries, for a compare chain on the hot path
-        # (real token gaps fall in these buckets); +inf past the last boundary.
-        self.bound_0, self.bound_1, self.bound_2, self.bound_3 = (tuple(bucket_bounds[:4]) + (_INF,) * 4)[:4]
+        # The first boundaries (up to four), for a compare chain on the hot path
+        # (real token gaps fall in these buckets): only those at or below the
+        # stall threshold, so a gap the chain places is no stall and needs no
+        # check; -inf for the rest (never true), the bisect starts past the chain.
+        chain = list(takewhile(lambda bound: bound <= stall_threshold, bucket_bounds[:4]))
+        self.chain_length = len(chain)
+        self.bound_0, self.bound_1, self.bound_2, self.bound_3 = (tuple(chain) + (-_INF,) * 4)[:4]
         self.gap_min = _INF
         self.gap_max = 0.0
         self.finish_reasons: List[str] = []
@@ -176,7 +182,9 @@ class StreamMonitor:
         # the first four boundaries (10-80 ms with ours: where token gaps are),
         # several times cheaper than a call to the C bisect, which is left to
         # the longer gaps. Same bucket as ``bisect_left``: a gap equal to a
-        # boundary counts in the bucket that boundary closes.
+        # boundary counts in the bucket that boundary closes. The chain's
+        # boundaries are at most the stall threshold, so only a gap past them
+        # can be a stall (about 100 instructions a chunk less).
         last = self.last_at
         if last is None:
             is_notice = self.is_notice
@@ -197,13 +205,13 @@ class StreamMonitor:
             elif gap <= self.bound_3:
                 self.gap_counts[3] += 1
             else:
-                self.gap_counts[bisect_left(self.bucket_bounds, gap, 4)] += 1
+                self.gap_counts[bisect_left(self.bucket_bounds, gap, self.chain_length)] += 1
+                if gap > self.stall_threshold:
+                    self._stall(now, gap)
             if gap > self.gap_max:
                 self.gap_max = gap
             if gap < self.gap_min:
                 self.gap_min = gap
-            if gap > self.stall_threshold:
-                self._stall(now, gap)
         self.last_at = now
         self.reader(self, chunk)
 

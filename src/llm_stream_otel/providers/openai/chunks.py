@@ -22,7 +22,23 @@ _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content
 
 
 def read_choices_chunk(monitor: StreamMonitor, chunk: Any) -> None:
-    """Chat completions and legacy completions: ``choices[].finish_reason`` + usage."""
+    """Chat completions and legacy completions: ``choices[].finish_reason``, usage, and the ids.
+
+    Reads each chunk until the response id and model are both in, then hands
+    the monitor ``read_choices``, which reads no ids: Azure's first chunk
+    (prompt filter results) has "id": "" and "model": "", so each is taken
+    from its first non-empty value, and once both are there the check would
+    only cost every later chunk."""
+    read_choices(monitor, chunk)
+    if monitor.response_model is None or monitor.response_id is None:
+        _read_ids(monitor, chunk)
+        if monitor.response_model is None or monitor.response_id is None:
+            return
+    monitor.reader = read_choices
+
+
+def read_choices(monitor: StreamMonitor, chunk: Any) -> None:
+    """``choices[].finish_reason`` + usage (the per-chunk part of ``read_choices_chunk``)."""
     try:
         fields = chunk.__dict__
         choices = fields["choices"]
@@ -34,26 +50,22 @@ def read_choices_chunk(monitor: StreamMonitor, chunk: Any) -> None:
         for choice in choices:
             try:
                 values = choice.__dict__
-                index = values["index"] or 0
+                index = values["index"]
                 finish_reason = values["finish_reason"]
             except (AttributeError, KeyError):
                 # Some OpenAI-compatible servers omit the index of a single choice.
-                index = getattr(choice, "index", None) or 0
+                index = getattr(choice, "index", None)
                 finish_reason = choice.finish_reason
             if finish_reason is not None:
-                monitor.finish(index, finish_reason)
+                monitor.finish(index or 0, finish_reason)
                 if monitor.input_tokens is None:
                     read_provider_usage(monitor, chunk)
-            elif index > monitor.max_choice:
+            elif index and index > monitor.max_choice:  # choice 0 (or none given) needs no note
                 monitor.saw_choice(index)
             if monitor.content is not None:
                 _capture_choice_text(monitor, choice)
     if usage is not None:
         read_usage(monitor, usage)
-    # Azure's first chunk (prompt filter results) has "id": "" and "model": "":
-    # each is taken from its first non-empty value.
-    if monitor.response_model is None or monitor.response_id is None:
-        _read_ids(monitor, chunk)
 
 
 def _read_ids(monitor: StreamMonitor, chunk: Any) -> None:
