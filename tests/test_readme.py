@@ -47,6 +47,7 @@ def test_every_configuration_variable_is_real():
         config.ENV_CAPTURE_CONTENT,
         config.ENV_MAX_ATTRIBUTE_VALUES,
         config.ENV_METRICS_FAST_PATH,
+        config.ENV_SPAN_FAST_PATH,
         config.ENV_STRICT,
         config.ENV_APP_RETRIES,
         config.ENV_INCLUDE_USAGE,

@@ -18,6 +18,7 @@ ENV_RETRY_WINDOW = "OTEL_INSTRUMENTATION_LLM_STREAM_RETRY_WINDOW"
 ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 ENV_MAX_ATTRIBUTE_VALUES = "OTEL_INSTRUMENTATION_LLM_STREAM_MAX_ATTRIBUTE_VALUES"
 ENV_METRICS_FAST_PATH = "OTEL_INSTRUMENTATION_LLM_STREAM_METRICS_FAST_PATH"
+ENV_SPAN_FAST_PATH = "OTEL_INSTRUMENTATION_LLM_STREAM_SPAN_FAST_PATH"
 ENV_STRICT = "OTEL_INSTRUMENTATION_LLM_STREAM_STRICT"
 ENV_APP_RETRIES = "OTEL_INSTRUMENTATION_LLM_STREAM_APP_RETRIES"
 ENV_INCLUDE_USAGE = "OTEL_INSTRUMENTATION_LLM_STREAM_INCLUDE_USAGE"
@@ -47,6 +48,9 @@ class Settings:
     # Merge each stream's gap histogram into the SDK's aggregation (self-tested,
     # guarded); off = one public Histogram.record() per gap.
     metrics_fast_path: bool = True
+    # Write a stream's summary span attributes into the SDK span's dict (self-tested,
+    # guarded, see stream/span_fast_path.py); off = Span.set_attributes.
+    span_fast_path: bool = True
     # Our own internal errors raise instead of being logged and swallowed (for test suites).
     strict: bool = False
     # Application retry attribution: auto | trace | off (see retry_scope.py).
@@ -132,6 +136,7 @@ def load_settings(
     capture = pick("capture_content", ENV_CAPTURE_CONTENT)
     cap = pick("max_attribute_values", ENV_MAX_ATTRIBUTE_VALUES)
     fast = pick("metrics_fast_path", ENV_METRICS_FAST_PATH)
+    span_fast = pick("span_fast_path", ENV_SPAN_FAST_PATH)
     strict = pick("strict", ENV_STRICT)
     app_retries = pick("app_retries", ENV_APP_RETRIES)
     include_usage = pick("include_usage", ENV_INCLUDE_USAGE)
@@ -147,6 +152,9 @@ def load_settings(
         if cap is None
         else _positive_int(name("max_attribute_values", ENV_MAX_ATTRIBUTE_VALUES), cap, DEFAULT_MAX_ATTRIBUTE_VALUES),
         metrics_fast_path=True if fast is None else _boolean(name("metrics_fast_path", ENV_METRICS_FAST_PATH), fast, True),
+        span_fast_path=True
+        if span_fast is None
+        else _boolean(name("span_fast_path", ENV_SPAN_FAST_PATH), span_fast, True),
         strict=False if strict is None else _boolean(name("strict", ENV_STRICT), strict, False),
         app_retries=DEFAULT_APP_RETRIES
         if app_retries is None

@@ -14,6 +14,7 @@ from .config import (
     ENV_CAPTURE_CONTENT,
     ENV_MAX_ATTRIBUTE_VALUES,
     ENV_METRICS_FAST_PATH,
+    ENV_SPAN_FAST_PATH,
     ENV_RETRY_WINDOW,
     ENV_STALL_THRESHOLD,
     load_settings,
@@ -41,6 +42,7 @@ _ENV = {
     "capture_content": ENV_CAPTURE_CONTENT,
     "max_attribute_values": ENV_MAX_ATTRIBUTE_VALUES,
     "metrics_fast_path": ENV_METRICS_FAST_PATH,
+    "span_fast_path": ENV_SPAN_FAST_PATH,
     "app_retries": ENV_APP_RETRIES,
 }
 

@@ -23,7 +23,7 @@ from .config import load_settings
 from .metrics.instruments import Instruments
 from .providers import installed
 from .providers.base import Provider
-from .stream import exit_hook, handoff
+from .stream import exit_hook, handoff, span_fast_path
 from .stream.telemetry import StreamTelemetry, set_active
 from .version import __version__
 
@@ -35,6 +35,7 @@ _SETTING_KEYS = (
     "capture_content",
     "max_attribute_values",
     "metrics_fast_path",
+    "span_fast_path",
     "strict",
     "app_retries",
     "include_usage",
@@ -133,6 +134,7 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self.telemetry = telemetry
         set_active(telemetry)
         guard.configure(telemetry.instruments.internal_errors, settings.strict)
+        span_fast_path.configure(settings.span_fast_path)
         exit_hook.register()
         self.providers = installed()
         for provider in self.providers:

@@ -22,6 +22,7 @@ from ..metrics.instruments import Instruments
 from ..metrics.sdk_fast_path import Record
 from ..retries.attempts import RetryTracker
 from .monitor import StreamMonitor
+from .span_fast_path import set_span_attributes
 
 _ERROR_OUTCOMES = (t.OUTCOME_TRUNCATED, t.OUTCOME_FAILED)
 
@@ -91,7 +92,7 @@ def record_metrics(
 def _set_quietly(span: Span, attributes: Dict[str, Any]) -> None:
     try:
         if attributes and span.is_recording():
-            span.set_attributes(attributes)
+            set_span_attributes(span, attributes)
     except Exception:  # noqa: BLE001
         internal_error("span annotation")
 
@@ -144,7 +145,7 @@ def annotate_span(
     if err:
         attrs[t.ERROR_TYPE] = err
     _root_cause_attributes(attrs, monitor)
-    span.set_attributes(attrs)
+    set_span_attributes(span, attrs)
 
     def at(moment: float) -> int:
         return wall_start_ns + int((moment - monitor.started_at) * 1e9)

@@ -1,0 +1,178 @@
+"""The span fast path: a stream's summary attributes written into the SDK span's own attribute dict.
+
+Why: the Python SDK's ``Span.set_attributes`` cleans the whole mapping
+(recursively, a copy of each value) and re-inserts every key under two
+locks: about 130,000 instructions (callgrind) for the ~20 attributes a
+stream's ending sets, its largest single cost after the metrics. Our values
+are of four plain types (str, bool, int, float) or a list of strings, which
+cleaning leaves as they are (a list becomes a tuple). So here they are
+checked by type and written under the same two locks, with the same
+replacement of a key that is already there (moved to the end).
+
+Guarded like the metrics fast path: used only for the SDK's own span class
+holding the SDK's own ``BoundedAttributes``, once a self-test on the
+installed SDK has shown that it leaves exactly what ``set_attributes``
+leaves (values, their types, order, dropped count). Anything else (a value
+of another type, a string the length limit would cut, a count the
+attribute limit would drop, an ended span, another SDK's span, a surprise)
+goes through ``set_attributes``, the last one for good. Opt out with
+``OTEL_INSTRUMENTATION_LLM_STREAM_SPAN_FAST_PATH=false``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+_logger = logging.getLogger(__name__)
+
+_PLAIN = (str, bool, int, float)
+_enabled = True
+_state = "unknown"  # unknown | proven | unusable
+_classes: Optional[Tuple[type, type]] = None  # (the SDK's span class, BoundedAttributes)
+_lock = threading.Lock()
+
+
+def configure(enabled: bool) -> None:
+    """Set by the instrumentor (``span_fast_path``)."""
+    global _enabled
+    _enabled = enabled
+
+
+def _plain(attributes: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The attributes as cleaning would leave them, or None if one is not of our plain shapes."""
+    clean: Dict[str, Any] = {}
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind in _PLAIN:
+            clean[key] = value
+        elif (kind is list or kind is tuple) and value and all(type(item) is str for item in value):
+            clean[key] = tuple(value)
+        else:
+            return None
+        if type(key) is not str or not key:
+            return None
+    return clean
+
+
+def _fits(clean: Dict[str, Any], limit: Optional[int]) -> bool:
+    """No string longer than the SDK's value-length limit (it would be cut)."""
+    if limit is None:
+        return True
+    for value in clean.values():
+        if type(value) is str:
+            if len(value) > limit:
+                return False
+        elif type(value) is tuple and any(len(item) > limit for item in value):
+            return False
+    return True
+
+
+def _write(span: Any, attributes: Mapping[str, Any], classes: Tuple[type, type]) -> bool:
+    """Write like ``set_attributes``; False: nothing written, the public API must do it."""
+    span_class, bounded_class = classes
+    if type(span) is not span_class:
+        return False
+    clean = _plain(attributes)
+    if clean is None:
+        return False
+    with span._lock:
+        if span._end_time is not None:
+            return False  # set_attributes warns and drops them
+        bounded = span._attributes
+        if type(bounded) is not bounded_class or bounded._immutable or not _fits(clean, bounded.max_value_len):
+            return False
+        with bounded._lock:
+            store = bounded._dict
+            maxlen = bounded.maxlen
+            if maxlen is not None and len(store) + len(clean) > maxlen:
+                return False  # some would be dropped: the SDK's rules and warning
+            if not store.keys().isdisjoint(clean):
+                for key in clean:
+                    store.pop(key, None)
+            store.update(clean)
+    return True
+
+
+def set_span_attributes(span: Any, attributes: Mapping[str, Any]) -> None:
+    """``span.set_attributes(attributes)``, through the fast path where it is proven."""
+    global _state
+    if _enabled and (_state == "proven" or (_state == "unknown" and _prove())):
+        try:
+            if _write(span, attributes, _classes):  # type: ignore[arg-type]
+                return
+        except Exception:  # noqa: BLE001 - another SDK than the self-test's: the public API, for good
+            _state = "unusable"
+            _logger.debug("llm_stream_otel: span fast path off after a surprise", exc_info=True)
+    span.set_attributes(attributes)
+
+
+def _prove() -> bool:
+    global _classes, _state
+    with _lock:
+        if _state == "unknown":
+            try:
+                classes = _load()
+                ok = _self_test(classes)
+            except Exception:  # noqa: BLE001 - another SDK: the public API
+                _logger.debug("llm_stream_otel: span fast path unavailable", exc_info=True)
+                ok = False
+            if ok:
+                _classes = classes
+            _state = "proven" if ok else "unusable"
+            _logger.debug("llm_stream_otel: span fast path %s", _state)
+    return _state == "proven"
+
+
+def _load() -> Tuple[type, type]:
+    from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.sdk.trace import _Span
+
+    return _Span, BoundedAttributes
+
+
+def proven() -> bool:
+    """Is the fast path in use here (for ``doctor`` and the tests)?"""
+    return _enabled and (_state == "proven" or (_state == "unknown" and _prove()))
+
+
+# The shapes an ending sets, a key that is there already, and one of each plain type.
+_SAMPLE = {
+    "llm.stream.outcome": "completed",
+    "llm.stream.chunks": 7,
+    "llm.stream.finish_reason_missing": True,
+    "llm.stream.time_to_first_chunk": 0.125,
+    "gen_ai.response.finish_reasons": ["stop", "length"],
+    "gen_ai.request.model": "replaced",
+}
+
+
+def _self_test(classes: Tuple[type, type]) -> bool:
+    """Prove on this SDK that the fast path leaves what ``set_attributes`` leaves, and steps aside where it must."""
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+
+    def spans(limits: Optional[Any] = None) -> Tuple[Any, Any]:
+        provider = TracerProvider(span_limits=limits) if limits is not None else TracerProvider()
+        tracer = provider.get_tracer("llm_stream_otel.selftest")
+        start = {"gen_ai.request.model": "m", "server.port": 443}
+        return tracer.start_span("a", attributes=start), tracer.start_span("b", attributes=start)
+
+    def seen(span: Any) -> Any:
+        attributes = span.attributes
+        return [(key, type(value), value) for key, value in attributes.items()], span.dropped_attributes
+
+    fast, public = spans()
+    if not _write(fast, _SAMPLE, classes):
+        return False
+    public.set_attributes(_SAMPLE)
+    same = seen(fast) == seen(public)
+    # Where the SDK would cut, drop or refuse, the fast path must write nothing.
+    short, _ = spans(SpanLimits(max_attribute_length=4))
+    few, _ = spans(SpanLimits(max_attributes=3))
+    ended, _ = spans()
+    ended.end()
+    steps_aside = not any(_write(span, _SAMPLE, classes) for span in (short, few, ended))
+    odd, _ = spans()
+    steps_aside = steps_aside and not _write(odd, {"x": {"a": 1}}, classes) and not _write(odd, {"x": []}, classes)
+    return same and steps_aside
