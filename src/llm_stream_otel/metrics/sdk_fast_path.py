@@ -51,6 +51,7 @@ ATTRIBUTE_SET_CACHE = 1024  # distinct attribute sets remembered (then the cache
 
 # (instrument, value, attributes, is_counter)
 Record = Tuple[Any, float, Dict[str, Any], bool]
+_UNSET = object()
 
 
 def _load_sdk() -> Dict[str, Any]:
@@ -70,6 +71,23 @@ def _load_sdk() -> Dict[str, Any]:
     from opentelemetry.sdk.metrics._internal.instrument import _Counter, _Histogram
     from opentelemetry.sdk.metrics._internal.measurement import Measurement
 
+    from opentelemetry.trace import INVALID_SPAN, get_current_span
+
+    try:
+        from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import (
+            AlignedHistogramBucketExemplarReservoir as aligned,
+        )
+        from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import ExemplarBucket
+    except ImportError:  # an SDK without them: every reservoir is offered through its own offer()
+        aligned = ExemplarBucket = None
+
+    def span_ids(context: Any) -> Optional[Tuple[int, int]]:
+        """What ``ExemplarBucket.offer`` reads of the context: the span's ids, None for no span."""
+        span = get_current_span(context)
+        if span != INVALID_SPAN:
+            span_context = span.get_span_context()
+            return span_context.span_id, span_context.trace_id
+        return None
     return {
         "Histogram": _Histogram,
         "Counter": _Counter,
@@ -78,6 +96,9 @@ def _load_sdk() -> Dict[str, Any]:
         "Sum": _SumAggregation,
         "Drop": _DropAggregation,
         "Measurement": Measurement,
+        "Aligned": aligned,
+        "Bucket": ExemplarBucket,
+        "span_ids": span_ids,
         "hash_attributes": vim._hash_attributes,
         "get_current": get_current,
         # Filters whose answer depends on the context alone: asked once per ending.
@@ -122,14 +143,17 @@ class _Value:
     and re-cleans the attributes; these are cleaned once per attribute set.
     The self-test proves that the SDK's aggregations read nothing else."""
 
-    __slots__ = ("value", "time_unix_nano", "instrument", "context", "attributes")
+    __slots__ = ("value", "time_unix_nano", "instrument", "context", "attributes", "ids")
 
-    def __init__(self, value: float, time_unix_nano: int, instrument: Any, context: Any, attributes: Any) -> None:
+    def __init__(
+        self, value: float, time_unix_nano: int, instrument: Any, context: Any, attributes: Any, ids: Any = None
+    ) -> None:
         self.value = value
         self.time_unix_nano = time_unix_nano
         self.instrument = instrument
         self.context = context
         self.attributes = attributes
+        self.ids = ids  # the context's span ids (sdk "span_ids"), for the exemplar; not a Measurement field
 
 
 class _Target:
@@ -219,7 +243,28 @@ def _aggregate(sdk: Dict[str, Any], aggregation: Any, value_: _Value, should_sam
         aggregation.aggregate(value_, should_sample)
         return
     if should_sample:
-        aggregation._reservoir.offer(value, value_.time_unix_nano, value_.attributes, value_.context)
+        _offer(sdk, aggregation._reservoir, value, value_.time_unix_nano, value_.attributes, value_.context, value_.ids)
+
+
+def _offer(sdk: Dict[str, Any], reservoir: Any, value: float, now: int, attributes: Any, context: Any, ids: Any) -> None:
+    """``reservoir.offer(...)``; for a histogram's aligned reservoir, what its ``offer`` and
+    its bucket's ``offer`` do, inlined: the bucket found by ``bisect_left`` (its
+    ``_find_bucket_index`` loop: the first boundary >= value) under the same lock, and
+    the span's ids (``ids``: ``span_ids(context)``) read once per ending, not per value."""
+    if type(reservoir) is sdk["Aligned"]:
+        with reservoir._lock:
+            bucket = reservoir._reservoir_storage[bisect_left(reservoir._boundaries, value)]
+            if type(bucket) is not sdk["Bucket"]:
+                bucket.offer(value, now, attributes, context)
+                return
+            bucket._ExemplarBucket__value = value
+            bucket._ExemplarBucket__time_unix_nano = now
+            bucket._ExemplarBucket__attributes = attributes
+            if ids is not None:
+                bucket._ExemplarBucket__span_id, bucket._ExemplarBucket__trace_id = ids
+            bucket._ExemplarBucket__offered = True
+    else:
+        reservoir.offer(value, now, attributes, context)
 
 
 class FastPath:
@@ -281,12 +326,14 @@ class FastPath:
         try:
             now = time_ns()
             context = sdk["get_current"]()
-            value_ = _Value(0, now, None, context, None)
+            value_ = _Value(0, now, None, context, None, sdk["span_ids"](context))
             context_filters = sdk["context_filters"]
             asked: Any = None  # the context-only exemplar filter asked, and its answer
             answer = False
             last_attributes: Any = None  # the records of an ending share attribute dicts
             attribute_set: Any = None
+            meter_config: Any = _UNSET  # the instruments of one meter share its config: asked once
+            enabled = False
             for index, record in enumerate(records):
                 touched = False
                 instrument, value, attributes, _is_counter = record
@@ -301,7 +348,10 @@ class FastPath:
                 if not target.usable or type(value) not in (int, float) or not (0 <= value < math.inf):
                     leftover.append(record)  # the public API decides (and warns about a bad value)
                     continue
-                if not real._is_enabled():
+                if real._meter_config is not meter_config:
+                    meter_config = real._meter_config
+                    enabled = real._is_enabled()
+                if not enabled:
                     continue  # a disabled meter: record() would drop it too
                 if attributes is not last_attributes:
                     attribute_set = sets.get(tuple(attributes.items()))
@@ -342,7 +392,7 @@ class FastPath:
             return leftover, None
         if gaps is None:
             return leftover, None
-        return leftover, self.merge_gaps(*gaps, ending=(context, now, asked, answer))
+        return leftover, self.merge_gaps(*gaps, ending=(context, now, asked, answer, value_.ids))
 
     # --- the gap histogram ---------------------------------------------------------
     def merge_gaps(
@@ -350,7 +400,7 @@ class FastPath:
     ) -> Optional[str]:
         """Merge a stream's gaps into the SDK's aggregations; None if the public API must be used.
 
-        ``ending``: (context, time, exemplar filter, its answer) of ``write_ending``."""
+        ``ending``: (context, time, exemplar filter, its answer, span ids) of ``write_ending``."""
         if monitor.gaps < 1:
             return "none"
         sdk = self._sdk or _sdk
@@ -387,8 +437,9 @@ def _merge(
     exemplar_filter = target.consumer._sdk_config.exemplar_filter
     if ending is None:
         context, now, asked, answer = sdk["get_current"](), time_ns(), None, False
+        ids = sdk["span_ids"](context)
     else:
-        context, now, asked, answer = ending
+        context, now, asked, answer, ids = ending
     cleaned = attribute_set.cleaned
     measurement = _Value(monitor.gap_max, now, target.real, context, cleaned)
     if exemplar_filter is asked:  # a context-only filter, already asked in this context
@@ -401,7 +452,9 @@ def _merge(
     for match, keys in target.matches:
         attrs, key = attribute_set.for_view(sdk, keys)
         with match._lock:
-            aggregation = match._get_or_create_aggregation(key, dict(attrs))
+            aggregation = match._attributes_aggregation.get(key)
+            if aggregation is None:
+                aggregation = match._get_or_create_aggregation(key, dict(attrs))
             with aggregation._lock:
                 if aggregation._value is None:
                     aggregation._value = aggregation._get_empty_bucket_counts()
@@ -413,7 +466,7 @@ def _merge(
                     if high > aggregation._max:
                         aggregation._max = high
             if should_sample:
-                aggregation._reservoir.offer(measurement.value, now, cleaned, context)
+                _offer(sdk, aggregation._reservoir, measurement.value, now, cleaned, context, ids)
     return "sdk"
 
 
