@@ -274,6 +274,9 @@ class FastPath:
         self._sdk = sdk  # the self-test's, before the fast path is proven; else the proven one
         self._targets: Dict[int, _Target] = {}
         self._sets: Dict[tuple, _AttributeSet] = {}
+        # id(dict) -> (the dict, its set): the same dict objects come back (stream.metric_attributes
+        # interns them), found here without a tuple of their items. Holding the dict keeps its id its own.
+        self._by_id: Dict[int, Tuple[Dict[str, Any], _AttributeSet]] = {}
         self.broken = False
 
     def usable(self) -> bool:
@@ -296,6 +299,17 @@ class FastPath:
             found = self._sets[items] = _AttributeSet(dict(cleaned or {}))
         return found
 
+    def _known(self, sdk: Dict[str, Any], real: Any, attributes: Dict[str, Any]) -> _AttributeSet:
+        """``_set`` for a dict seen before, by identity (callers never change a dict they passed)."""
+        known = self._by_id.get(id(attributes))
+        if known is not None and known[0] is attributes:
+            return known[1]
+        found = self._sets.get(tuple(attributes.items())) or self._set(sdk, real, attributes)
+        if len(self._by_id) >= ATTRIBUTE_SET_CACHE:
+            self._by_id.clear()
+        self._by_id[id(attributes)] = (attributes, found)
+        return found
+
     def _fail(self) -> None:
         self.broken = True
         _logger.debug("llm_stream_otel: metrics fast path off after a surprise", exc_info=True)
@@ -312,17 +326,19 @@ class FastPath:
         write, and the merge's path (None: the public API must record the gaps).
 
         Runs once per stream ending, so it is written for speed: the lookups
-        of ``_target``, ``_set`` and ``_AttributeSet.for_view`` inlined, one
-        value object reused (the SDK reads its fields and keeps none of them,
-        as the self-test checks), and the exemplar filter asked once when its
-        answer depends on the context alone."""
+        of ``_target`` and ``_AttributeSet.for_view`` inlined, attribute sets
+        found by the dict's identity (``_known``), one value object reused (the
+        SDK reads its fields and keeps none of them, as the self-test checks),
+        the exemplar filter asked once when its answer depends on the context
+        alone, and the meter's enabled flag once per ending. The dicts of
+        ``records`` must not change afterwards (ours are interned, read-only)."""
         sdk = self._sdk or _sdk
         if sdk is None or self.broken:
             return list(records), None
         leftover: List[Record] = []
         index = 0
         touched = False
-        targets, sets = self._targets, self._sets
+        targets = self._targets
         try:
             now = time_ns()
             context = sdk["get_current"]()
@@ -354,9 +370,7 @@ class FastPath:
                 if not enabled:
                     continue  # a disabled meter: record() would drop it too
                 if attributes is not last_attributes:
-                    attribute_set = sets.get(tuple(attributes.items()))
-                    if attribute_set is None:
-                        attribute_set = self._set(sdk, real, attributes)
+                    attribute_set = self._known(sdk, real, attributes)
                     last_attributes = attributes
                 cleaned = attribute_set.cleaned
                 value_.value = value
@@ -419,7 +433,7 @@ class FastPath:
                 return "dropped"
             if target.bounds != bounds:
                 return None
-            attribute_set = self._set(sdk, real, attributes)
+            attribute_set = self._known(sdk, real, attributes)
         except Exception:  # noqa: BLE001 - nothing merged yet: the public API takes over
             self._fail()
             return None

@@ -11,7 +11,7 @@ and httpx2 ``Response`` alike: ``status_code``, ``http_version``,
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 
 from .. import semconv as t
 from .connections import connection_facts
@@ -159,12 +159,6 @@ def response_facts(response: Any) -> Dict[str, Any]:
     if content_type and not content_type.lower().startswith(_SSE):
         facts[t.HTTP_CONTENT_TYPE] = content_type.split(";", 1)[0].strip()
     return facts
-
-
-def metric_facts(facts: Mapping[str, Any]) -> Dict[str, Any]:
-    """The bounded subset of ``response_facts`` that goes on the outcome counter."""
-    keys = (t.HTTP_RESPONSE_STATUS_CODE, t.HTTP_INTERMEDIARY, t.CONNECTION_REUSED)
-    return {key: facts[key] for key in keys if key in facts}
 
 
 def note_response(monitor: Any, response: Any, now: float) -> None:

@@ -15,12 +15,12 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from .. import semconv as t
 from .outcome import error_cause, error_type
-from .http_facts import metric_facts
 from ..guard import internal_error
 from ..metrics.cardinality import CardinalityLimiter
 from ..metrics.instruments import Instruments
 from ..metrics.sdk_fast_path import Record
 from ..retries.attempts import RetryTracker
+from .metric_attributes import EndingAttributes, EndingCache, metric_facts
 from .monitor import StreamMonitor
 from .span_fast_path import set_span_attributes
 
@@ -42,24 +42,22 @@ def record_metrics(
     base: Dict[str, Any],
     response_model: Optional[str],
     is_retry: bool,
+    cache: Optional[EndingCache] = None,
 ) -> None:
-    """Record every per-stream metric of design.md: the values in one ``write``, then the gaps."""
-    attrs = dict(base)
-    if response_model:
-        attrs[t.GEN_AI_RESPONSE_MODEL] = response_model
-    # Token usage carries no error type (semconv; the series budget, tools/dashboards/cardinality.py):
-    # a cut stream's usage so far (Anthropic's message_start, Gemini's running total) is
-    # recorded under the plain attributes.
-    usage_attrs = dict(attrs)
-    err = outcome_error_type(monitor)
-    if err:
-        attrs[t.ERROR_TYPE] = err
+    """Record every per-stream metric of design.md: the values in one ``write``, then the gaps.
+
+    ``cache``: where the ending's attribute sets are kept (see ``metric_attributes``)."""
     outcome = monitor.outcome
+    error = monitor.error
+    cause = error_cause(error) if error is not None and outcome in _ERROR_OUTCOMES else None
+    key = (base, response_model, outcome_error_type(monitor), outcome, monitor.reason, is_retry, metric_facts(monitor.http), cause)
+    sets = cache.get(*key) if cache is not None else EndingAttributes(*key)
+    attrs = sets.values
     records: List[Record] = []
 
     duration = monitor.duration
     if duration is not None:
-        records.append((instruments.duration, duration, {**attrs, t.OUTCOME: outcome}, False))
+        records.append((instruments.duration, duration, sets.duration, False))
     ttfc = monitor.time_to_first_chunk
     if ttfc is not None:
         records.append((instruments.time_to_first_chunk, ttfc, attrs, False))
@@ -68,23 +66,12 @@ def record_metrics(
     if monitor.stalls:
         records.append((instruments.stalls, monitor.stalls, attrs, True))
     if monitor.input_tokens is not None:
-        records.append((instruments.token_usage, monitor.input_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "input"}, False))
+        records.append((instruments.token_usage, monitor.input_tokens, sets.usage_input, False))
     if monitor.output_tokens is not None:
-        records.append(
-            (instruments.token_usage, monitor.output_tokens, {**usage_attrs, t.GEN_AI_TOKEN_TYPE: "output"}, False)
-        )
+        records.append((instruments.token_usage, monitor.output_tokens, sets.usage_output, False))
     if outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
-        idle_attrs = {**attrs, t.TRUNCATION_REASON: monitor.reason or t.REASON_OTHER}
-        records.append((instruments.idle_before_end, monitor.idle_before_end, idle_attrs, False))
-
-    outcome_attrs = {**attrs, t.OUTCOME: outcome, t.IS_RETRY: is_retry}
-    if monitor.reason:
-        outcome_attrs[t.TRUNCATION_REASON] = monitor.reason
-    if monitor.http:
-        outcome_attrs.update(metric_facts(monitor.http))
-    if monitor.error is not None and outcome in _ERROR_OUTCOMES:
-        outcome_attrs[t.ERROR_CAUSE] = error_cause(monitor.error)
-    records.append((instruments.outcomes, 1, outcome_attrs, True))
+        records.append((instruments.idle_before_end, monitor.idle_before_end, sets.idle, False))
+    records.append((instruments.outcomes, 1, sets.outcome, True))
     # Then one value per gap, handed over once per stream (see metrics.histogram_merge.GapRecorder).
     instruments.write(records, monitor, attrs)
 
@@ -197,7 +184,7 @@ def _record_exception(span: Span, exc: BaseException, capture_content: bool) -> 
 class Recorder:
     """What a call's ending is recorded with: the instruments, the retry tracker, the caps."""
 
-    __slots__ = ("instruments", "retries", "limit_model", "capture_content")
+    __slots__ = ("instruments", "retries", "limit_model", "capture_content", "ending_attributes")
 
     def __init__(
         self, instruments: Instruments, retries: RetryTracker, limit_model: CardinalityLimiter, capture_content: bool
@@ -206,6 +193,7 @@ class Recorder:
         self.retries = retries
         self.limit_model = limit_model
         self.capture_content = capture_content
+        self.ending_attributes = EndingCache()
 
     def sdk_retries(self, count: int, metric_attributes: Dict[str, Any]) -> None:
         """The SDK re-sent a request ``count`` more times (the ``sdk`` retry layer)."""
@@ -241,7 +229,9 @@ class Recorder:
                 _set_quietly(span, extra)  # what the failed step would have set with the summary
             try:
                 response_model = self.limit_model(monitor.response_model) if monitor.response_model else None
-                record_metrics(self.instruments, monitor, call.metric_attributes, response_model, is_retry)
+                record_metrics(
+                    self.instruments, monitor, call.metric_attributes, response_model, is_retry, self.ending_attributes
+                )
             except Exception:  # noqa: BLE001 - a broken meter must not cost the span its ending
                 internal_error("metric recording")
         finally:

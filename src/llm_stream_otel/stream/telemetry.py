@@ -21,6 +21,7 @@ from ..metrics.cardinality import CardinalityLimiter
 from ..metrics.instruments import Instruments
 from ..retries.attempts import RetryTracker
 from ..retries.scope import retry_scope
+from .metric_attributes import BaseAttributes
 from .monitor import StreamMonitor
 from .record import Recorder
 
@@ -52,25 +53,21 @@ class StreamTelemetry:
         self.settings = settings
         self.limit_model = CardinalityLimiter(settings.max_attribute_values)
         self.limit_server = CardinalityLimiter(settings.max_attribute_values)
+        self.base_attributes = BaseAttributes()
         self.retries = RetryTracker(instruments, settings.retry_window)
         self.recorder = Recorder(instruments, self.retries, self.limit_model, settings.capture_content)
 
     def metric_attributes(self, span_attributes: Mapping[str, Any]) -> dict:
-        """The low-cardinality subset of the request attributes, for metrics."""
-        attrs = {
-            t.GEN_AI_OPERATION_NAME: span_attributes[t.GEN_AI_OPERATION_NAME],
-            t.GEN_AI_PROVIDER_NAME: span_attributes[t.GEN_AI_PROVIDER_NAME],
-        }
+        """The low-cardinality subset of the request attributes, for metrics (shared: never change it)."""
         model = span_attributes.get(t.GEN_AI_REQUEST_MODEL)
-        if model:
-            attrs[t.GEN_AI_REQUEST_MODEL] = self.limit_model(model)
         server = span_attributes.get(t.SERVER_ADDRESS)
-        if server:
-            attrs[t.SERVER_ADDRESS] = self.limit_server(server)
-            port = span_attributes.get(t.SERVER_PORT)
-            if port:
-                attrs[t.SERVER_PORT] = port
-        return attrs
+        return self.base_attributes.get(
+            span_attributes[t.GEN_AI_OPERATION_NAME],
+            span_attributes[t.GEN_AI_PROVIDER_NAME],
+            self.limit_model(model) if model else None,
+            self.limit_server(server) if server else None,
+            span_attributes.get(t.SERVER_PORT) if server else None,
+        )
 
     def begin(self, provider: "Provider", kind: str, instance: Any, kwargs: Mapping[str, Any]) -> StreamCall:
         """Start the span and monitor of one streaming call of ``provider``'s SDK."""
