@@ -35,6 +35,22 @@ DEFAULT_FINISH_OUTCOMES = {
 _OUTCOME_SEVERITY = {t.OUTCOME_COMPLETED: 0, t.OUTCOME_LENGTH: 1, t.OUTCOME_CONTENT_FILTER: 2}
 
 
+_chains: dict = {}  # (id(bounds), threshold) -> (bounds, chain): every stream of an instrumentor asks the same
+
+
+def _chain(bounds: Sequence[float], stall_threshold: float) -> Tuple[int, float, float, float, float]:
+    """The compare chain's length and boundaries (see ``StreamMonitor.chunk``), worked out once."""
+    key = (id(bounds), stall_threshold)
+    found = _chains.get(key)
+    if found is None or found[0] is not bounds:
+        chain = list(takewhile(lambda bound: bound <= stall_threshold, bounds[:4]))
+        padded = (tuple(chain) + (-_INF,) * 4)[:4]
+        if len(_chains) >= 64:
+            _chains.clear()
+        found = _chains[key] = (bounds, (len(chain), *padded))
+    return found[1]
+
+
 def _ignore_chunk(monitor: "StreamMonitor", chunk: Any) -> None:
     """Reader for streams whose chunks we do not understand: timing only."""
 
@@ -134,9 +150,7 @@ class StreamMonitor:
         # (real token gaps fall in these buckets): only those at or below the
         # stall threshold, so a gap the chain places is no stall and needs no
         # check; -inf for the rest (never true), the bisect starts past the chain.
-        chain = list(takewhile(lambda bound: bound <= stall_threshold, bucket_bounds[:4]))
-        self.chain_length = len(chain)
-        self.bound_0, self.bound_1, self.bound_2, self.bound_3 = (tuple(chain) + (-_INF,) * 4)[:4]
+        self.chain_length, self.bound_0, self.bound_1, self.bound_2, self.bound_3 = _chain(bucket_bounds, stall_threshold)
         self.gap_min = _INF
         self.gap_max = 0.0
         self.finish_reasons: List[str] = []
