@@ -112,8 +112,6 @@ def annotate_span(
         attrs[t.GEN_AI_RESPONSE_ID] = monitor.response_id
     if monitor.response_model:
         attrs[t.GEN_AI_RESPONSE_MODEL] = monitor.response_model
-    if monitor.finish_reasons:
-        attrs[t.GEN_AI_RESPONSE_FINISH_REASONS] = list(dict.fromkeys(monitor.finish_reasons))
     if monitor.input_tokens is not None:
         attrs[t.GEN_AI_USAGE_INPUT_TOKENS] = monitor.input_tokens
     if monitor.output_tokens is not None:
@@ -132,7 +130,8 @@ def annotate_span(
     if err:
         attrs[t.ERROR_TYPE] = err
     _root_cause_attributes(attrs, monitor)
-    set_span_attributes(span, attrs)
+    reasons = {t.GEN_AI_RESPONSE_FINISH_REASONS: list(dict.fromkeys(monitor.finish_reasons))} if monitor.finish_reasons else None
+    set_span_attributes(span, attrs, reasons)
 
     def at(moment: float) -> int:
         return wall_start_ns + int((moment - monitor.started_at) * 1e9)
