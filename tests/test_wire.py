@@ -104,4 +104,4 @@ def test_openai_1x_events_are_read_off_the_decoder_with_no_frame_more():
     major = int(openai.__version__.split(".")[0])
     plain = [wire._source_matches(cls._iter_events, wire._DECODER_ONLY[cls is AsyncStream]) for cls in (Stream, AsyncStream)]
     assert plain == ([True, True] if major < 2 else [False, False])
-    assert wire._event_data()(ServerSentEvent(data="[DONE]")) == "[DONE]"
+    assert wire.event_data_is_plain() and ServerSentEvent(data="[DONE]")._data == "[DONE]"

@@ -33,7 +33,6 @@ import json
 import re
 import textwrap
 from collections import deque
-from operator import attrgetter
 from typing import Any, AsyncIterator, Optional
 
 from .chunks import read_error_object_usage
@@ -111,7 +110,9 @@ def strategy() -> Optional[str]:
     except (ImportError, ValueError, AttributeError):
         return None
     # openai 1.x drains the body after [DONE] ("Ensure the entire stream is consumed").
-    return STRATEGY_RECORD if major < 2 else STRATEGY_PEEK
+    if major >= 2:
+        return STRATEGY_PEEK
+    return STRATEGY_RECORD if event_data_is_plain() else None
 
 
 class WireWatch:
@@ -185,7 +186,7 @@ _DECODER_ONLY = {
 }
 _DATA_PROPERTY = re.compile(r"def data\(self\)[^:]*:\s*return self\._data\s*$")
 _decoder_only: Optional[dict] = None  # class -> does its _iter_events only re-yield the decoder's events?
-_data_of: Any = None  # how an event's data is read: attrgetter("_data") where ``data`` returns it
+_plain_data: Optional[bool] = None  # does ServerSentEvent.data return self._data (read once)?
 
 
 def _source_matches(function: Any, pattern: "re.Pattern[str]") -> bool:
@@ -211,17 +212,18 @@ def _reads_decoder(stream: Any, is_async: bool) -> bool:
     return known
 
 
-def _event_data() -> Any:
-    global _data_of
-    if _data_of is None:
+def event_data_is_plain() -> bool:
+    """Does the SDK's ``ServerSentEvent.data`` return ``self._data``? Then the recorder reads
+    ``_data`` itself: a property call per event less (1.x-3.x: yes; else no ``record`` strategy)."""
+    global _plain_data
+    if _plain_data is None:
         try:
             from openai._streaming import ServerSentEvent
 
-            plain = _source_matches(ServerSentEvent.data.fget, _DATA_PROPERTY)
+            _plain_data = _source_matches(ServerSentEvent.data.fget, _DATA_PROPERTY)
         except (ImportError, AttributeError):
-            plain = False
-        _data_of = attrgetter("_data" if plain else "data")
-    return _data_of
+            _plain_data = False
+    return _plain_data
 
 
 def _decoded_events(stream: Any, is_async: bool) -> Any:
@@ -235,27 +237,32 @@ def _decoded_events(stream: Any, is_async: bool) -> Any:
         return None
 
 
-def _record(events: Any, last: deque, watch: WireWatch, data_of: Any) -> Any:
-    """Pass the SDK's events through, keeping the last one and whether one was [DONE]."""
+def _record(events: Any, last: deque, watch: WireWatch) -> Any:
+    """Pass the SDK's events through, keeping the last one and whether one was [DONE].
+
+    ``_data`` is what ``data`` returns (``event_data_is_plain``); only data
+    starting with "[" is compared with [DONE] (every chunk's starts with "{")."""
     append = last.append
     watch.done = False
     for sse in events:
         append(sse)
         try:
-            if data_of(sse).startswith(DONE):
+            data = sse._data
+            if data and data[0] == "[" and data.startswith(DONE):
                 watch.done = True
         except Exception:  # noqa: BLE001 - an event of another shape: the last event decides
             pass
         yield sse
 
 
-async def _arecord(events: AsyncIterator[Any], last: deque, watch: WireWatch, data_of: Any) -> AsyncIterator[Any]:
+async def _arecord(events: AsyncIterator[Any], last: deque, watch: WireWatch) -> AsyncIterator[Any]:
     append = last.append
     watch.done = False
     async for sse in events:
         append(sse)
         try:
-            if data_of(sse).startswith(DONE):
+            data = sse._data
+            if data and data[0] == "[" and data.startswith(DONE):
                 watch.done = True
         except Exception:  # noqa: BLE001
             pass
@@ -301,8 +308,7 @@ def watch_stream(result: Any, how: Optional[str]) -> Optional[WireWatch]:
             events = original()
         last: deque = deque(maxlen=1)
         watch.last = last
-        data_of = _event_data()
-        return _arecord(events, last, watch, data_of) if is_async else _record(events, last, watch, data_of)
+        return _arecord(events, last, watch) if is_async else _record(events, last, watch)
 
     namespace["_iter_events"] = iter_events
     return watch
