@@ -75,7 +75,7 @@ WHEEL_MODULES = {
     "": {"__init__", "version", "semconv", "series", "config", "guard", "instrumentor", "resilient",
          "bundled", "cli", "doctor"},
     "stream": {"__init__", "monitor", "outcome", "call", "record", "proxy", "telemetry", "wrapper",
-               "http_facts", "connections", "handoff", "exit_hook", "first_pull"},
+               "http_facts", "connections", "handoff", "exit_hook", "first_pull", "span_fast_path", "metric_attributes"},
     "metrics": {"__init__", "instruments", "histogram_merge", "sdk_fast_path", "cardinality"},
     "retries": {"__init__", "attempts", "fingerprint", "scope"},
     "providers": {"__init__", "base", "stainless"},
