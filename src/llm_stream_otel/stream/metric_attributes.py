@@ -99,26 +99,17 @@ def metric_facts(http: Any) -> Tuple[Any, Any, Any]:
 
 
 class EndingCache:
-    """One ``EndingAttributes`` per distinct (base, model, error, outcome, reason, retry, facts, cause)."""
+    """One ``EndingAttributes`` per distinct ending: (base, model, error, outcome, reason, retry, facts, cause)."""
 
     def __init__(self) -> None:
         self._sets: Dict[tuple, EndingAttributes] = {}
 
-    def get(
-        self,
-        base: Dict[str, Any],
-        response_model: Optional[str],
-        error: Optional[str],
-        outcome: str,
-        reason: Optional[str],
-        is_retry: bool,
-        facts: Tuple[Any, Any, Any],
-        cause: Optional[str],
-    ) -> EndingAttributes:
-        key = (id(base), response_model, error, outcome, reason, is_retry, facts, cause)
+    def get(self, ending: tuple) -> EndingAttributes:
+        """``EndingAttributes(*ending)``, built once (the base dict is keyed by its identity)."""
+        key = (id(ending[0]), *ending[1:])
         found = self._sets.get(key)
-        if found is None or found.base is not base:
-            found = EndingAttributes(base, response_model, error, outcome, reason, is_retry, facts, cause)
+        if found is None or found.base is not ending[0]:
+            found = EndingAttributes(*ending)
             if len(self._sets) >= CACHE_LIMIT:
                 self._sets.clear()
             self._sets[key] = found

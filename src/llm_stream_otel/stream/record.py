@@ -51,7 +51,7 @@ def record_metrics(
     error = monitor.error
     cause = error_cause(error) if error is not None and outcome in _ERROR_OUTCOMES else None
     key = (base, response_model, outcome_error_type(monitor), outcome, monitor.reason, is_retry, metric_facts(monitor.http), cause)
-    sets = cache.get(*key) if cache is not None else EndingAttributes(*key)
+    sets = cache.get(key) if cache is not None else EndingAttributes(*key)
     attrs = sets.values
     records: List[Record] = []
 
