@@ -96,12 +96,17 @@ def test_doctor_says_how_done_is_observed():
 
 def test_openai_1x_events_are_read_off_the_decoder_with_no_frame_more():
     """openai 1.x: ``_iter_events`` only re-yields the decoder's events, so the recorder reads the
-    decoder in its place (2.x and 3.x translate transport errors there and are peeked at instead)."""
+    decoder in its place (3.x translates transport errors there; 2.x and 3.x are peeked at instead)."""
     from openai._streaming import AsyncStream, ServerSentEvent, Stream
 
     from llm_stream_otel.providers.openai import wire
 
     major = int(openai.__version__.split(".")[0])
     plain = [wire._source_matches(cls._iter_events, wire._DECODER_ONLY[cls is AsyncStream]) for cls in (Stream, AsyncStream)]
-    assert plain == ([True, True] if major < 2 else [False, False])
+    if major < 2:
+        assert plain == [True, True] and wire.strategy() == wire.STRATEGY_RECORD
+    else:
+        assert wire.strategy() == wire.STRATEGY_PEEK  # the decoder path is never taken
+        if major >= 3:
+            assert plain == [False, False]
     assert wire.event_data_is_plain() and ServerSentEvent(data="[DONE]")._data == "[DONE]"
