@@ -304,7 +304,7 @@ class FastPath:
         known = self._by_id.get(id(attributes))
         if known is not None and known[0] is attributes:
             return known[1]
-        found = self._sets.get(tuple(attributes.items())) or self._set(sdk, real, attributes)
+        found = self._set(sdk, real, attributes)
         if len(self._by_id) >= ATTRIBUTE_SET_CACHE:
             self._by_id.clear()
         self._by_id[id(attributes)] = (attributes, found)

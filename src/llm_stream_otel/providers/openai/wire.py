@@ -33,7 +33,7 @@ import json
 import re
 import textwrap
 from collections import deque
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Dict, Optional
 
 from .chunks import read_error_object_usage
 
@@ -63,6 +63,15 @@ def sdk_stream_classes() -> tuple:
 
 
 # Does Stream.__iter__ / AsyncStream.__aiter__ only re-yield ``self._iterator``? Read once.
+def _source_matches(function: Any, pattern: "re.Pattern[str]") -> bool:
+    """Does ``function``'s source (dedented) match ``pattern``? False where it cannot be read."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return bool(pattern.search(textwrap.dedent(source).strip()))
+
+
 _plain: Optional[tuple] = None
 _PLAIN = {
     "__iter__": re.compile(r"def __iter__\(self\)[^:]*:\s*for (\w+) in self\._iterator:\s*yield \1\s*$"),
@@ -74,15 +83,11 @@ def _plain_classes() -> tuple:
     """The SDK stream classes whose iteration is their ``_iterator`` re-yielded (1.x-3.x: both)."""
     global _plain
     if _plain is None:
-        found = []
-        for cls, name in zip(sdk_stream_classes(), ("__iter__", "__aiter__")):
-            try:
-                source = inspect.getsource(vars(cls)[name])
-            except (OSError, TypeError, KeyError):
-                continue
-            if _PLAIN[name].search(textwrap.dedent(source).strip()):
-                found.append(cls)
-        _plain = tuple(found)
+        _plain = tuple(
+            cls
+            for cls, name in zip(sdk_stream_classes(), ("__iter__", "__aiter__"))
+            if name in vars(cls) and _source_matches(vars(cls)[name], _PLAIN[name])
+        )
     return _plain
 
 
@@ -185,23 +190,12 @@ _DECODER_ONLY = {
     ),
 }
 _DATA_PROPERTY = re.compile(r"def data\(self\)[^:]*:\s*return self\._data\s*$")
-_decoder_only: Optional[dict] = None  # class -> does its _iter_events only re-yield the decoder's events?
+_decoder_only: Dict[type, bool] = {}  # class -> does its _iter_events only re-yield the decoder's events?
 _plain_data: Optional[bool] = None  # does ServerSentEvent.data return self._data (read once)?
-
-
-def _source_matches(function: Any, pattern: "re.Pattern[str]") -> bool:
-    try:
-        source = inspect.getsource(function)
-    except (OSError, TypeError):
-        return False
-    return bool(pattern.search(textwrap.dedent(source).strip()))
 
 
 def _reads_decoder(stream: Any, is_async: bool) -> bool:
     """Is ``type(stream)._iter_events`` the plain re-yield of the decoder's events (read once per class)?"""
-    global _decoder_only
-    if _decoder_only is None:
-        _decoder_only = {}
     cls = type(stream)
     known = _decoder_only.get(cls)
     if known is None:
