@@ -2,8 +2,10 @@
 
 ``Instruments.write`` writes the ending's values (duration, time to first
 chunk, chunks, stalls, token usage, idle before the end, the outcome) and the
-gap merge in one pass through ``metrics.sdk_fast_path`` where it is proven,
-else through ``record()`` / ``add()``. Both runs below record the same settled
+gap merge: queued and written many at once when a reader collects
+(``metrics.ending_buffer``), or at once in one pass through
+``metrics.sdk_fast_path`` where it is proven, else through ``record()`` /
+``add()``. The runs below record the same settled
 monitors; every exported point must be the same: counts, sums, buckets, min,
 max, counter values, attributes and the histograms' exemplars (which name the
 stream's span), on cumulative and delta readers, through an attribute-key
@@ -25,7 +27,7 @@ from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import TracerProvider
 
 from llm_stream_otel import semconv as t
-from llm_stream_otel.metrics import sdk_fast_path
+from llm_stream_otel.metrics import ending_buffer, sdk_fast_path
 from llm_stream_otel.metrics.instruments import Instruments
 from llm_stream_otel.stream.monitor import StreamMonitor
 from llm_stream_otel.stream.record import record_metrics
@@ -85,11 +87,11 @@ def _points(reader):
     return sorted(out, key=repr)
 
 
-def _run(fast: bool):
+def _run(fast: bool, queue: bool = False):
     readers = _readers()
     views = [View(instrument_name=t.METRIC_DURATION, attribute_keys={t.OUTCOME, t.GEN_AI_OPERATION_NAME})]
     provider = MeterProvider(metric_readers=readers, views=views, shutdown_on_exit=False)
-    instruments = Instruments(provider.get_meter("test"), metrics_fast_path=fast)
+    instruments = Instruments(provider.get_meter("test"), metrics_fast_path=fast, queue_endings=queue)
     span = TracerProvider().get_tracer("test").start_span("stream")
     _run.span = getattr(_run, "span", span)  # one span for both runs: the exemplars must name it
     token = otel_context.attach(trace.set_span_in_context(_run.span))
@@ -98,6 +100,8 @@ def _run(fast: bool):
         for _round in range(2):
             for monitor, response_model in _monitors():
                 record_metrics(instruments, monitor, BASE, response_model, is_retry=_round == 1)
+            if queue and _round == 0:  # (after a surprise in the first collect, nothing more is queued)
+                assert len(instruments.queue._pending) == 5, "queued until the collect below"
             collected.append([_points(reader) for reader in readers])
     finally:
         otel_context.detach(token)
@@ -113,11 +117,14 @@ def _without_gap_exemplars(collected):
     ]
 
 
-def test_the_ending_exports_the_same_through_the_fast_path_and_the_public_api():
+@pytest.mark.parametrize("queue", [False, True], ids=["at-once", "queued"])
+def test_the_ending_exports_the_same_through_the_fast_path_and_the_public_api(queue):
     assert sdk_fast_path.proven(), "the self-test should prove the fast path on the SDK the tests run"
+    assert ending_buffer.proven(), "the self-test should prove queued endings on the SDK the tests run"
     public, _ = _run(fast=False)
-    fast, instruments = _run(fast=True)
+    fast, instruments = _run(fast=True, queue=queue)
     assert not instruments.fast_path.broken
+    assert (instruments.queue is not None and instruments.queue.state == "queueing") is queue
     names = {point[0] for rounds in public for points in rounds for point in points}
     assert {t.METRIC_DURATION, t.METRIC_TIME_PER_OUTPUT_CHUNK, t.METRIC_TOKEN_USAGE, t.METRIC_OUTCOMES, t.METRIC_STALLS} <= names
     assert _without_gap_exemplars(fast) == _without_gap_exemplars(public)
@@ -126,23 +133,45 @@ def test_the_ending_exports_the_same_through_the_fast_path_and_the_public_api():
     assert gap_points and all(p[-1] and all(e[1] == span_id for e in p[-1]) for p in gap_points)
 
 
-def test_a_surprise_inside_the_fast_path_hands_the_rest_to_the_public_api(monkeypatch):
+@pytest.mark.parametrize(
+    "module, step",
+    [(sdk_fast_path, "_aggregate"), (ending_buffer, "_add_to_histogram"), (ending_buffer, "_write_group")],
+    ids=["at-once", "queued-histogram", "queued-any-group"],
+)
+def test_a_surprise_inside_the_fast_path_hands_the_rest_to_the_public_api(monkeypatch, module, step):
     """Our own bug (or an SDK change) mid-write: nothing is lost, nothing is counted twice,
-    and the fast path stays off for good."""
+    and the fast path stays off for good (queued: the groups not written yet go to the public
+    API in their own endings' contexts, so their exemplars still name their spans)."""
     public, _ = _run(fast=False)
     calls = {"n": 0}
-    original = sdk_fast_path._aggregate
+    original = getattr(module, step)
 
     def flaky(*args):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise RuntimeError("surprise before the third value is aggregated")
+            raise RuntimeError("surprise before the third write")
         return original(*args)
 
-    monkeypatch.setattr(sdk_fast_path, "_aggregate", flaky)
-    fast, instruments = _run(fast=True)
+    monkeypatch.setattr(module, step, flaky)
+    fast, instruments = _run(fast=True, queue=module is ending_buffer)
+    assert calls["n"] >= 3
     assert instruments.fast_path.broken
+    assert instruments.queue is None or instruments.queue.state == "off"
     assert _without_gap_exemplars(fast) == _without_gap_exemplars(public)
+
+
+def test_a_surprise_while_offering_exemplars_costs_only_exemplars(monkeypatch):
+    """Counted already when the offer fails: counts, sums and buckets stay exact, nothing twice."""
+    public, _ = _run(fast=False)
+
+    def broken(*args):
+        raise RuntimeError("surprise in the reservoir")
+
+    monkeypatch.setattr(ending_buffer, "_offer_group", broken)
+    fast, instruments = _run(fast=True, queue=True)
+    assert instruments.fast_path.broken
+    strip = lambda collected: [[[p[:-1] if len(p) == 8 else p for p in points] for points in rounds] for rounds in collected]  # noqa: E731
+    assert strip(fast) == strip(public)
 
 
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])

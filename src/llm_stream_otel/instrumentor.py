@@ -156,6 +156,8 @@ class LLMStreamInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             owner, name = self._patched.pop()
             _remove_wrapper(owner, name, self._wrappers.get((owner, name)))
         self._wrappers = {}
+        if self.telemetry is not None:
+            self.telemetry.instruments.close()  # the queued endings, written now
         self.telemetry = None
         self.providers = []
         set_active(None)
