@@ -34,6 +34,9 @@ import math
 import threading
 from bisect import bisect_left
 from collections import deque
+from functools import reduce
+from itertools import chain, compress, repeat
+from operator import add, attrgetter, itemgetter
 from time import time_ns
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
@@ -47,8 +50,8 @@ _logger = logging.getLogger(__name__)
 PENDING_LIMIT = 64  # endings queued before the ending that fills the queue writes it
 FLUSH_INSTRUMENT = "llm.stream.internal.pending_endings"  # observes nothing: its callback is the flush
 
-# (records, gaps, time, context); gaps: (histogram, bounds, monitor, attributes) or None
-Ending = Tuple[Sequence[Record], Optional[tuple], int, Any]
+# (records, gaps, time, context, shape); gaps: (histogram, bounds, monitor, attributes) or None
+Ending = Tuple[Sequence[Record], Optional[tuple], int, Any, Any]
 # Writes one ending the way it is written without a queue: (records, monitor, gap attributes).
 InlineWrite = Callable[[Sequence[Record], Any, Optional[Dict[str, Any]]], None]
 
@@ -64,24 +67,49 @@ def flush_pending(_options: Any = None) -> Tuple[()]:
     return ()
 
 
-class _Group:
-    """What a flush writes into one aggregation: values in ending order, or merged gaps."""
+class _Column:
+    """One record position's values across the endings of one shape (or their gaps), in ending order."""
 
-    __slots__ = ("match", "key", "attrs", "values", "gaps")
+    __slots__ = ("indices", "position", "values", "cleaned", "sampled", "monitors")
+
+    def __init__(self, indices: List[int], position: int, values: Sequence[float], cleaned: Any, sampled: List[bool], monitors: Optional[List[Any]] = None) -> None:
+        self.indices = indices
+        self.position = position  # _GAPS for gaps
+        self.values = values  # for gaps: each ending's largest gap (its exemplar candidate)
+        self.cleaned = cleaned
+        self.sampled = sampled
+        self.monitors = monitors
+
+
+class _Group:
+    """What a flush writes into one aggregation: columns of values, or of gaps."""
+
+    __slots__ = ("match", "key", "attrs", "columns")
 
     def __init__(self, match: Any, key: Any, attrs: Dict[str, Any]) -> None:
         self.match = match
         self.key = key
         self.attrs = attrs
-        self.values: List[tuple] = []  # (value, ending, record position, cleaned attributes, sampled)
-        self.gaps: Optional[List[Any]] = None  # [counts, total, low, high, [(max gap, ending, _GAPS, cleaned, sampled)]]
+        self.columns: List[_Column] = []
 
     def sources(self) -> List[Tuple[int, int]]:
         """(ending, record position) of every value here; _GAPS for an ending's gaps."""
-        out = [(entry[1], entry[2]) for entry in self.values]
-        if self.gaps is not None:
-            out.extend((entry[1], entry[2]) for entry in self.gaps[4])
-        return out
+        return [(index, column.position) for column in self.columns for index in column.indices]
+
+    def ordered(self) -> Tuple[Sequence[int], Sequence[float], Sequence[Any], Sequence[bool]]:
+        """Indices, values, cleaned attributes and filter answers, in the order ``record()`` calls would come."""
+        columns = self.columns
+        if len(columns) == 1:
+            column = columns[0]
+            return column.indices, column.values, [column.cleaned] * len(column.indices), column.sampled
+        rows = sorted(
+            chain.from_iterable(
+                zip(c.indices, repeat(c.position), c.values, repeat(c.cleaned), c.sampled) for c in columns
+            ),
+            key=_order,
+        )
+        indices, _positions, values, cleaned, sampled = zip(*rows)
+        return indices, values, cleaned, sampled
 
 
 class EndingBuffer:
@@ -91,6 +119,7 @@ class EndingBuffer:
         self._fast = fast
         self._inline = inline
         self._pending: Deque[Ending] = deque()
+        self._consumer: Any = None  # the SDK's measurement consumer of the instruments (``_verify``)
         self.state = "unknown"  # unknown | queueing | off
         try:
             self._gauge = meter.create_observable_gauge(
@@ -111,12 +140,12 @@ class EndingBuffer:
         self.flush()
 
     # --- at the ending -------------------------------------------------------------
-    def add(self, records: Sequence[Record], gaps: Optional[tuple]) -> bool:
-        """Queue an ending; False: not queued, the caller writes it now."""
+    def add(self, records: Sequence[Record], gaps: Optional[tuple], shape: Any = None) -> bool:
+        """Queue an ending; False: not queued, the caller writes it now (``shape``: see ``Instruments.write``)."""
         if self.state != "queueing" and not (self.state == "unknown" and self._verify(records)):
             return False
         pending = self._pending
-        pending.append((records, gaps, time_ns(), otel_context.get_current()))
+        pending.append((records, gaps, time_ns(), otel_context.get_current(), shape))
         if len(pending) >= PENDING_LIMIT:
             self.flush()
         return True
@@ -142,6 +171,7 @@ class EndingBuffer:
         if type(consumer._sdk_config.exemplar_filter) not in sdk["context_filters"]:
             self.state = "off"  # a filter that may read the value or the time: ask it at the ending
             return False
+        self._consumer = consumer
         self.state = "queueing"
         return True
 
@@ -164,7 +194,7 @@ class EndingBuffer:
         try:
             if sdk is None or fast.broken:
                 raise RuntimeError("the fast path is off")
-            _group(sdk, fast, endings, groups, rest)
+            _group(sdk, fast, endings, groups, rest, self._consumer._sdk_config.exemplar_filter)
         except Exception:  # noqa: BLE001 - nothing written yet: each ending inline
             self._off(fast, sdk is not None and not fast.broken)
             for ending in endings:
@@ -174,7 +204,7 @@ class EndingBuffer:
         ids: Dict[int, Any] = {}
         failed: List[_Group] = []
         for group in groups.values():
-            if not group.values and group.gaps is None:
+            if not group.columns:
                 continue  # planned, but its values went inline: no empty point
             if failed:
                 failed.append(group)
@@ -217,7 +247,34 @@ class EndingBuffer:
             otel_context.detach(token)
 
 
+try:  # the C loop behind collections.Counter: a dict of counts, without Counter's Python set-up
+    from _collections import _count_elements
+except ImportError:  # pragma: no cover - another interpreter
+    def _count_elements(mapping: Dict[Any, int], iterable: Any) -> None:
+        for element in iterable:
+            mapping[element] = mapping.get(element, 0) + 1
+
 _GAPS = -1  # the position of an ending's gaps among its sources
+_NUMBERS = frozenset((int, float))
+_value_of = itemgetter(1)
+_shape_of = itemgetter(0, 2)
+_order = itemgetter(0, 1)
+_gap_counts = attrgetter("gap_counts")
+_gap_total = attrgetter("gap_total")
+_gap_min = attrgetter("gap_min")
+_gap_max = attrgetter("gap_max")
+
+
+def _valid(values: Tuple[Any, ...]) -> bool:
+    """Every value an int or a float in [0, inf) (what the fast path writes), checked in C."""
+    if not _NUMBERS.issuperset(map(type, values)):
+        return False
+    if not values:
+        return True
+    try:
+        return min(values) >= 0 and math.fsum(values) < math.inf  # fsum: a NaN anywhere is NaN
+    except OverflowError:
+        return False
 
 
 def _group(
@@ -226,43 +283,65 @@ def _group(
     endings: List[Ending],
     groups: Dict[Tuple[int, Any], _Group],
     rest: Dict[int, Tuple[List[Record], Optional[tuple]]],
+    exemplar_filter: Any,
 ) -> None:
-    """Sort every value into the group of the aggregation it lands in; the rest into ``rest``.
+    """Sort the endings' values into columns, and the columns into the groups of their aggregations.
 
     Endings of one shape (the same instruments with the same attribute dicts, as
-    ``record_metrics`` interns them) share a plan, resolved once per flush: per
-    ending what is left is a look-up, the filter's answer and an append per value."""
-    plans: Dict[tuple, List[Any]] = {}
+    ``record_metrics`` interns them) share a plan, resolved once per flush; per
+    ending there are only C-level reads and one question to the exemplar filter
+    (context-only, see ``_verify``: its answer holds for every value of the ending)."""
+    shapes: Dict[tuple, Tuple[Sequence[Record], List[int], List[tuple], List[bool]]] = {}
+    gap_rows: Dict[Tuple[int, int, tuple], Tuple[tuple, List[int], List[Any], List[bool]]] = {}
+    should_sample = exemplar_filter.should_sample
+    for index, (records, gaps, now, context, shape) in enumerate(endings):
+        sampled = bool(should_sample(0, now, None, context))
+        if records:
+            values = tuple(map(_value_of, records))
+            if _valid(values):
+                if shape is None:  # the instruments and attribute dicts themselves (alive: the ending holds them)
+                    shape = tuple(map(id, chain.from_iterable(map(_shape_of, records))))
+                rows = shapes.get(shape)
+                if rows is None:
+                    rows = shapes[shape] = (records, [], [], [])
+                rows[1].append(index)
+                rows[2].append(values)
+                rows[3].append(sampled)
+            else:
+                rest[index] = (list(records), None)  # the public API decides (and warns)
+        if gaps is not None and gaps[2].gaps >= 1:
+            key = (id(gaps[0]), id(gaps[3]), gaps[1])
+            rows = gap_rows.get(key)
+            if rows is None:
+                rows = gap_rows[key] = (gaps, [], [], [])
+            rows[1].append(index)
+            rows[2].append(gaps[2])
+            rows[3].append(sampled)
     enabled: Dict[int, bool] = {}
-    answers: Dict[Tuple[int, int], bool] = {}
-    for index, (records, gaps, now, context) in enumerate(endings):
-        shape = tuple([(id(record[0]), id(record[2])) for record in records])
-        plan = plans.get(shape)
-        if plan is None:
-            plan = plans[shape] = _plan(sdk, fast, records, groups, enabled)
-        sampled: Any = None
-        for position, step in enumerate(plan):
-            record = records[position]
-            value = record[1]
-            if step is None or type(value) not in (int, float) or not (0 <= value < math.inf):
-                rest.setdefault(index, ([], None))[0].append(record)  # the public API decides (and warns)
+    for records, indices, value_rows, sampled in shapes.values():
+        columns = list(zip(*value_rows))
+        for position, step in enumerate(_plan(sdk, fast, records, enabled)):
+            if step is None:
+                for index in indices:
+                    rest.setdefault(index, ([], None))[0].append(endings[index][0][position])
                 continue
-            target, cleaned, targets_groups = step
-            if not targets_groups:
-                continue  # a disabled meter, or every view drops it: record() would drop it too
-            if sampled is None:
-                sampled = _sampled(answers, target, index, value, now, cleaned, context)
-            entry = (value, index, position, cleaned, sampled)
-            for group in targets_groups:
-                group.values.append(entry)
-        if gaps is not None:
-            _group_gaps(sdk, fast, index, gaps, now, context, groups, rest, enabled, answers)
+            cleaned, views = step
+            column = _Column(indices, position, columns[position], cleaned, sampled)
+            for match, attrs, key in views:
+                _group_of(groups, match, key, attrs).columns.append(column)
+    for (gaps, indices, monitors, sampled) in gap_rows.values():
+        _group_gaps(sdk, fast, gaps, indices, monitors, sampled, groups, rest, enabled)
 
 
-def _plan(
-    sdk: Dict[str, Any], fast: FastPath, records: Sequence[Record], groups: Dict[Tuple[int, Any], _Group], enabled: Dict[int, bool]
-) -> List[Any]:
-    """Per record: None (written inline), or (target, cleaned attributes, the groups its value goes to)."""
+def _group_of(groups: Dict[Tuple[int, Any], _Group], match: Any, key: Any, attrs: Dict[str, Any]) -> _Group:
+    group = groups.get((id(match), key))
+    if group is None:
+        group = groups[(id(match), key)] = _Group(match, key, attrs)
+    return group
+
+
+def _plan(sdk: Dict[str, Any], fast: FastPath, records: Sequence[Record], enabled: Dict[int, bool]) -> List[Any]:
+    """Per record: None (written inline), or (cleaned attributes, [(match, view attributes, key)])."""
     plan: List[Any] = []
     for instrument, _value, attributes, _is_counter in records:
         target = fast._target(sdk, instrument)
@@ -271,62 +350,48 @@ def _plan(
             continue
         real = target.real
         attribute_set = fast._known(sdk, real, attributes)
-        into: List[_Group] = []
-        if _enabled(enabled, real):
+        views = []
+        if _enabled(enabled, real):  # else a disabled meter: record() would drop it too
             for match, keys in target.matches:
                 attrs, key = attribute_set.for_view(sdk, keys)
-                group = groups.get((id(match), key))
-                if group is None:
-                    group = groups[(id(match), key)] = _Group(match, key, attrs)
-                into.append(group)
-        plan.append((target, attribute_set.cleaned, into))
+                views.append((match, attrs, key))
+        plan.append((attribute_set.cleaned, views))
     return plan
 
 
 def _group_gaps(
     sdk: Dict[str, Any],
     fast: FastPath,
-    index: int,
     gaps: tuple,
-    now: int,
-    context: Any,
+    indices: List[int],
+    monitors: List[Any],
+    sampled: List[bool],
     groups: Dict[Tuple[int, Any], _Group],
     rest: Dict[int, Tuple[List[Record], Optional[tuple]]],
     enabled: Dict[int, bool],
-    answers: Dict[Tuple[int, int], bool],
 ) -> None:
-    """An ending's gaps into the group of their aggregation (what ``FastPath.merge_gaps`` merges)."""
-    histogram, bounds, monitor, attributes = gaps
-    if monitor.gaps < 1:
-        return
+    """Endings' gaps into the group of their aggregation (what ``FastPath.merge_gaps`` merges)."""
+    histogram, bounds, _monitor, attributes = gaps
     target = fast._target(sdk, histogram)
     real = target.real
     if real is None or isinstance(real, sdk["NoOp"]) or (target.usable and not target.matches):
         return  # nothing would record them
     if not target.usable or not target.mergeable or target.bounds != bounds:
-        rest[index] = (rest.get(index, ([], None))[0], gaps)  # the public API, one record() per gap
+        for index in indices:  # the public API, one record() per gap
+            rest[index] = (rest.get(index, ([], None))[0], endings_gaps(gaps, monitors, indices, index))
         return
     if not _enabled(enabled, real):
         return
     attribute_set = fast._known(sdk, real, attributes)
-    cleaned = attribute_set.cleaned
-    high = monitor.gap_max
-    sampled = _sampled(answers, target, index, high, now, cleaned, context)
-    counts, total, low = monitor.gap_counts, monitor.gap_total, monitor.gap_min
+    column = _Column(indices, _GAPS, list(map(_gap_max, monitors)), attribute_set.cleaned, sampled, monitors)
     for match, keys in target.matches:
         attrs, key = attribute_set.for_view(sdk, keys)
-        group = groups.get((id(match), key))
-        if group is None:
-            group = groups[(id(match), key)] = _Group(match, key, attrs)
-        merged = group.gaps
-        if merged is None:
-            group.gaps = [list(counts), total, low, high, [(high, index, _GAPS, cleaned, sampled)]]
-        else:
-            merged[0] = [a + b for a, b in zip(merged[0], counts)]
-            merged[1] += total
-            merged[2] = min(merged[2], low)
-            merged[3] = max(merged[3], high)
-            merged[4].append((high, index, _GAPS, cleaned, sampled))
+        _group_of(groups, match, key, attrs).columns.append(column)
+
+
+def endings_gaps(gaps: tuple, monitors: List[Any], indices: List[int], index: int) -> tuple:
+    """The gaps tuple of ending ``index`` (its own monitor)."""
+    return (gaps[0], gaps[1], monitors[indices.index(index)], gaps[3])
 
 
 def _enabled(cache: Dict[int, bool], real: Any) -> bool:
@@ -336,96 +401,106 @@ def _enabled(cache: Dict[int, bool], real: Any) -> bool:
     return found
 
 
-def _sampled(answers: Dict[Tuple[int, int], bool], target: Any, index: int, value: float, now: int, cleaned: Any, context: Any) -> bool:
-    """The exemplar filter's answer; a context-only filter (all that queue, see ``_verify``) asked once per ending."""
-    exemplar_filter = target.consumer._sdk_config.exemplar_filter
-    key = (id(exemplar_filter), index)
-    found = answers.get(key)
-    if found is None:
-        found = answers[key] = bool(exemplar_filter.should_sample(value, now, cleaned, context))
-    return found
-
-
 def _write_group(sdk: Dict[str, Any], group: _Group, endings: List[Ending]) -> Any:
-    """One aggregation's values and gaps, counted as their ``record()`` calls in ending order
+    """One aggregation's values or gaps, counted as their ``record()`` calls in ending order
     would count them (exemplars: ``_offer_group``). Returns the aggregation."""
     match = group.match
+    gap_columns = [column for column in group.columns if column.monitors is not None]
+    if gap_columns and len(gap_columns) != len(group.columns):
+        raise TypeError("values and gaps in one aggregation")
     with match._lock:  # collect() of a delta reader swaps the aggregations under it
         aggregation = match._attributes_aggregation.get(group.key)
         if aggregation is None:
             aggregation = match._get_or_create_aggregation(group.key, dict(group.attrs))
         kind = type(aggregation)
         if kind is sdk["Explicit"]:
-            _add_to_histogram(aggregation, group.values, group.gaps)
-        elif kind is sdk["Sum"] and group.gaps is None:
+            if gap_columns:
+                _merge_gaps(aggregation, group)
+            else:
+                _add_to_histogram(aggregation, group.ordered()[1])
+        elif kind is sdk["Sum"] and not gap_columns:
+            values = group.ordered()[1]
             with aggregation._lock:
-                total = 0 if aggregation._value is None else aggregation._value
-                for value, _index, _position, _cleaned, _sampled in group.values:
-                    total = total + value
-                aggregation._value = total
+                aggregation._value = reduce(add, values, 0 if aggregation._value is None else aggregation._value)
         else:
             raise TypeError(f"not an aggregation the grouped write knows: {kind.__name__}")
     return aggregation
 
 
-def _add_to_histogram(aggregation: Any, values: List[tuple], gaps: Optional[List[Any]]) -> None:
-    boundaries = aggregation._boundaries
+def _add_to_histogram(aggregation: Any, values: Sequence[float]) -> None:
+    """Counts, sum (added left to right, as ``+=`` per record), min and max of ``values``, in C."""
+    buckets: Dict[int, int] = {}
+    _count_elements(buckets, map(bisect_left, repeat(aggregation._boundaries), values))
+    with aggregation._lock:
+        counts = aggregation._value
+        if counts is None:
+            counts = aggregation._value = aggregation._get_empty_bucket_counts()
+        for bucket, count in buckets.items():
+            counts[bucket] += count
+        aggregation._sum = reduce(add, values, aggregation._sum)
+        if aggregation._record_min_max:
+            low, high = min(values), max(values)
+            if low < aggregation._min:
+                aggregation._min = low
+            if high > aggregation._max:
+                aggregation._max = high
+
+
+def _merge_gaps(aggregation: Any, group: _Group) -> None:
+    """The endings' merged gaps, stream after stream as ``FastPath.merge_gaps`` merges them."""
+    monitors: List[Any] = []
+    if len(group.columns) == 1:
+        monitors = group.columns[0].monitors
+    else:
+        rows = sorted(chain.from_iterable(zip(c.indices, c.monitors) for c in group.columns), key=itemgetter(0))
+        monitors = [monitor for _index, monitor in rows]
     with aggregation._lock:
         counts = aggregation._value
         if counts is None:
             counts = aggregation._get_empty_bucket_counts()
-        if gaps is not None and len(gaps[0]) != len(counts):
-            raise ValueError("gap buckets of other bounds")
-        total = aggregation._sum
-        record_min_max = aggregation._record_min_max
-        low, high = aggregation._min, aggregation._max
-        for value, _index, _position, _cleaned, _sampled in values:
-            total += value
-            if value < low:
-                low = value
-            if value > high:
-                high = value
-            counts[bisect_left(boundaries, value)] += 1
-        if gaps is not None:
-            counts = [a + b for a, b in zip(counts, gaps[0])]
-            total += gaps[1]
-            if gaps[2] < low:
-                low = gaps[2]
-            if gaps[3] > high:
-                high = gaps[3]
+        for gap_counts in map(_gap_counts, monitors):
+            if len(gap_counts) != len(counts):
+                raise ValueError("gap buckets of other bounds")
+            counts = list(map(add, counts, gap_counts))
         aggregation._value = counts
-        aggregation._sum = total
-        if record_min_max:
-            aggregation._min, aggregation._max = low, high
+        aggregation._sum = reduce(add, map(_gap_total, monitors), aggregation._sum)
+        if aggregation._record_min_max:
+            low, high = min(map(_gap_min, monitors)), max(map(_gap_max, monitors))
+            if low < aggregation._min:
+                aggregation._min = low
+            if high > aggregation._max:
+                aggregation._max = high
 
 
 def _offer_group(sdk: Dict[str, Any], aggregation: Any, group: _Group, endings: List[Ending], ids: Dict[int, Any]) -> None:
     """Every sampled value offered in turn, with its ending's time and context; to an aligned
-    histogram reservoir only each bucket's last one, which is all that sequential offers leave."""
-    candidates = group.values if group.gaps is None else group.values + group.gaps[4]
+    histogram reservoir only each bucket's last one, which is all that sequential offers leave
+    (a gap column offers each stream's largest gap, as ``FastPath.merge_gaps`` does)."""
+    indices, values, cleaned, sampled = group.ordered()
+    chosen = list(compress(range(len(indices)), sampled))
+    if not chosen:
+        return
     reservoir = aggregation._reservoir
     if type(reservoir) is sdk["Aligned"]:
         boundaries = reservoir._boundaries
-        last: Dict[int, list] = {}
-        for value, index, _position, cleaned, sampled in candidates:
-            if not sampled:
-                continue
+        buckets = list(map(bisect_left, repeat(boundaries), [values[j] for j in chosen]))
+        for bucket, j in dict(zip(buckets, chosen)).items():
+            index = indices[j]
             span_ids = ids.get(index, _GAPS)
             if span_ids is _GAPS:
                 span_ids = ids[index] = sdk["span_ids"](endings[index][3])
-            bucket = bisect_left(boundaries, value)
-            before = last.get(bucket)
-            if span_ids is None and before is not None:
-                span_ids = before[3]  # an offer without a span keeps the bucket's ids
-            last[bucket] = [value, index, cleaned, span_ids]
-        for value, index, cleaned, span_ids in last.values():
+            if span_ids is None:  # an offer without a span keeps the bucket's ids: offer them all in turn
+                for k, b in zip(chosen, buckets):
+                    if b == bucket:
+                        ending = endings[indices[k]]
+                        sdk_fast_path._offer(sdk, reservoir, values[k], ending[2], cleaned[k], ending[3], sdk["span_ids"](ending[3]))
+                continue
             ending = endings[index]
-            sdk_fast_path._offer(sdk, reservoir, value, ending[2], cleaned, ending[3], span_ids)
+            sdk_fast_path._offer(sdk, reservoir, values[j], ending[2], cleaned[j], ending[3], span_ids)
         return
-    for value, index, _position, cleaned, sampled in candidates:
-        if sampled:
-            ending = endings[index]
-            reservoir.offer(value, ending[2], cleaned, ending[3])
+    for j in chosen:
+        ending = endings[indices[j]]
+        reservoir.offer(values[j], ending[2], cleaned[j], ending[3])
 
 
 def _redo(source: Tuple[int, int], endings: List[Ending], rest: Dict[int, Tuple[List[Record], Optional[tuple]]]) -> None:

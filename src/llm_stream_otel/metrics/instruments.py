@@ -68,14 +68,18 @@ class Instruments:
         if self.queue is not None:
             self.queue.close()
 
-    def write(self, records: Sequence[Record], monitor: Any = None, gap_attributes: Optional[Dict[str, Any]] = None) -> None:
+    def write(
+        self, records: Sequence[Record], monitor: Any = None, gap_attributes: Optional[Dict[str, Any]] = None, shape: Any = None
+    ) -> None:
         """Record single values, ``(instrument, value, attributes, is_counter)`` each, then
         (with ``monitor``) the stream's gaps: queued where that is proven, else at once.
-        The records' dicts must not change afterwards (ours are interned, read-only)."""
+        The records' dicts must not change afterwards (ours are interned, read-only).
+        ``shape``: a hashable that determines every record's instrument and attribute dict
+        (it keeps them alive), if the caller has one: it spares the queue working it out."""
         queue = self.queue
         if queue is not None:
             gaps = None if monitor is None else (self.time_per_output_chunk, self.gaps.bounds, monitor, gap_attributes)
-            if queue.add(records, gaps):
+            if queue.add(records, gaps, shape):
                 return
         self.write_now(records, monitor, gap_attributes)
 

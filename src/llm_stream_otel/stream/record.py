@@ -54,26 +54,36 @@ def record_metrics(
     sets = cache.get(key) if cache is not None else EndingAttributes(*key)
     attrs = sets.values
     records: List[Record] = []
+    present = 0  # which of the values below are recorded: with ``sets``, the shape of the ending
 
     duration = monitor.duration
     if duration is not None:
         records.append((instruments.duration, duration, sets.duration, False))
+        present = 1
     ttfc = monitor.time_to_first_chunk
     if ttfc is not None:
         records.append((instruments.time_to_first_chunk, ttfc, attrs, False))
+        present |= 2
     if outcome != t.OUTCOME_FAILED:
         records.append((instruments.chunks, monitor.chunks, attrs, False))
+        present |= 4
     if monitor.stalls:
         records.append((instruments.stalls, monitor.stalls, attrs, True))
+        present |= 8
     if monitor.input_tokens is not None:
         records.append((instruments.token_usage, monitor.input_tokens, sets.usage_input, False))
+        present |= 16
     if monitor.output_tokens is not None:
         records.append((instruments.token_usage, monitor.output_tokens, sets.usage_output, False))
+        present |= 32
     if outcome == t.OUTCOME_TRUNCATED and monitor.idle_before_end is not None:
         records.append((instruments.idle_before_end, monitor.idle_before_end, sets.idle, False))
+        present |= 64
     records.append((instruments.outcomes, 1, sets.outcome, True))
     # Then one value per gap, handed over once per stream (see metrics.histogram_merge.GapRecorder).
-    instruments.write(records, monitor, attrs)
+    # (instruments, sets, present) determine every record's instrument and attribute dict: the
+    # queue's grouped write plans once per shape (``metrics.ending_buffer``).
+    instruments.write(records, monitor, attrs, (instruments, sets, present))
 
 
 def _set_quietly(span: Span, attributes: Dict[str, Any]) -> None:
