@@ -24,6 +24,7 @@ from ..retries.scope import retry_scope
 from .metric_attributes import BaseAttributes
 from .monitor import StreamMonitor
 from .record import Recorder
+from .span_start import start_span
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..providers.base import Provider
@@ -86,13 +87,7 @@ class StreamTelemetry:
             attempt = self.retries.start(None, now, metric_attrs)
         name = f"{request.operation} {request.model}" if request.model else request.operation
         wall_start_ns = time.time_ns()
-        span = self.tracer.start_span(
-            name,
-            kind=SpanKind.CLIENT,
-            attributes=request.span_attributes,
-            links=attempt.links(),
-            start_time=wall_start_ns,
-        )
+        span = start_span(self.tracer, name, SpanKind.CLIENT, request.span_attributes, attempt.links(), wall_start_ns)
         monitor = StreamMonitor(
             time.perf_counter(),
             self.settings.stall_threshold,
