@@ -297,20 +297,16 @@ def _group(
     for index, (records, gaps, now, context, shape) in enumerate(endings):
         sampled = bool(should_sample(0, now, None, context))
         if records:
-            values = tuple(map(_value_of, records))
-            if _valid(values):
-                if shape is None:  # the instruments and attribute dicts themselves (alive: the ending holds them)
-                    shape = tuple(map(id, chain.from_iterable(map(_shape_of, records))))
-                rows = shapes.get(shape)
-                if rows is None:
-                    rows = shapes[shape] = (records, [], [], [])
-                rows[1].append(index)
-                rows[2].append(values)
-                rows[3].append(sampled)
-            else:
-                rest[index] = (list(records), None)  # the public API decides (and warns)
+            if shape is None:  # the instruments and attribute dicts themselves (alive: the ending holds them)
+                shape = tuple(map(id, chain.from_iterable(map(_shape_of, records))))
+            rows = shapes.get(shape)
+            if rows is None:
+                rows = shapes[shape] = (records, [], [], [])
+            rows[1].append(index)
+            rows[2].append(tuple(map(_value_of, records)))  # checked column by column (_valid)
+            rows[3].append(sampled)
         if gaps is not None and gaps[2].gaps >= 1:
-            key = (id(gaps[0]), id(gaps[3]), gaps[1])
+            key = (id(gaps[0]), id(gaps[3]), id(gaps[1]))
             rows = gap_rows.get(key)
             if rows is None:
                 rows = gap_rows[key] = (gaps, [], [], [])
@@ -327,10 +323,31 @@ def _group(
                 continue
             cleaned, views = step
             column = _Column(indices, position, columns[position], cleaned, sampled)
+            if not _valid(column.values):
+                column = _valid_part(column, endings, rest)
+                if column is None:
+                    continue
             for match, attrs, key in views:
                 _group_of(groups, match, key, attrs).columns.append(column)
     for (gaps, indices, monitors, sampled) in gap_rows.values():
         _group_gaps(sdk, fast, gaps, indices, monitors, sampled, groups, rest, enabled)
+
+
+def _valid_part(column: _Column, endings: List[Ending], rest: Dict[int, Tuple[List[Record], Optional[tuple]]]) -> Optional[_Column]:
+    """The column without the values the SDK would refuse: those go to the public API (which warns)."""
+    keep = [_valid((value,)) for value in column.values]
+    for index, good in zip(column.indices, keep):
+        if not good:
+            rest.setdefault(index, ([], None))[0].append(endings[index][0][column.position])
+    if not any(keep):
+        return None
+    return _Column(
+        list(compress(column.indices, keep)),
+        column.position,
+        list(compress(column.values, keep)),
+        column.cleaned,
+        list(compress(column.sampled, keep)),
+    )
 
 
 def _group_of(groups: Dict[Tuple[int, Any], _Group], match: Any, key: Any, attrs: Dict[str, Any]) -> _Group:
@@ -498,7 +515,64 @@ def _offer_group(sdk: Dict[str, Any], aggregation: Any, group: _Group, endings: 
             ending = endings[index]
             sdk_fast_path._offer(sdk, reservoir, values[j], ending[2], cleaned[j], ending[3], span_ids)
         return
+    if type(reservoir) is _simple_reservoir():
+        _offer_simple(sdk, reservoir, chosen, indices, values, cleaned, endings, ids)
+        return
     for j in chosen:
+        ending = endings[indices[j]]
+        reservoir.offer(values[j], ending[2], cleaned[j], ending[3])
+
+
+def _simple_reservoir() -> Any:
+    from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir
+
+    return exemplar_reservoir.SimpleFixedSizeExemplarReservoir
+
+
+def _offer_simple(
+    sdk: Dict[str, Any], reservoir: Any, chosen: List[int], indices: Sequence[int], values: Sequence[float],
+    cleaned: Sequence[Any], endings: List[Ending], ids: Dict[int, Any],
+) -> None:
+    """What offering each chosen value in turn to a simple fixed-size reservoir leaves: the same
+    draws (its ``_find_bucket_index``: the first ``size`` fill the slots, then value n takes slot
+    ``randrange(0, n)`` if that is a slot), and each slot written once, by its last winner."""
+    from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir
+
+    randrange = exemplar_reservoir.randrange
+    with reservoir._lock:
+        size = reservoir._size
+        seen = reservoir._measurements_seen
+        winners: Dict[int, int] = {}
+        for j in chosen:
+            if seen < size:
+                slot = seen
+            else:
+                slot = randrange(0, seen + 1)
+            seen += 1
+            if slot < size:
+                winners[slot] = j
+        storage = reservoir._reservoir_storage
+        writes = []
+        for slot, j in winners.items():
+            index = indices[j]
+            span_ids = ids.get(index, _GAPS)
+            if span_ids is _GAPS:
+                span_ids = ids[index] = sdk["span_ids"](endings[index][3])
+            bucket = storage[slot]
+            if span_ids is None or type(bucket) is not sdk["Bucket"]:
+                writes = None  # an offer without a span keeps the slot's ids: the reservoir's own offers
+                break
+            writes.append((bucket, j, index, span_ids))
+        if writes is not None:
+            reservoir._measurements_seen = seen
+            for bucket, j, index, span_ids in writes:
+                bucket._ExemplarBucket__value = values[j]
+                bucket._ExemplarBucket__time_unix_nano = endings[index][2]
+                bucket._ExemplarBucket__attributes = cleaned[j]
+                bucket._ExemplarBucket__span_id, bucket._ExemplarBucket__trace_id = span_ids
+                bucket._ExemplarBucket__offered = True
+            return
+    for j in chosen:  # (outside its lock: offer() takes it)
         ending = endings[indices[j]]
         reservoir.offer(values[j], ending[2], cleaned[j], ending[3])
 
