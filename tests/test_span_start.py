@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
 from llm_stream_otel import LLMStreamInstrumentor
 from llm_stream_otel import semconv as t
-from llm_stream_otel.stream import span_start
+from llm_stream_otel.stream import span_fast_path, span_start
 from otel_helpers import make_telemetry
 from streaming import consume
 
@@ -60,6 +60,7 @@ class _Reading(Sampler):
 
 
 def test_the_self_test_proves_it_and_the_sdk_defaults_take_it():
+    span_fast_path.configure(True)  # as instrument() leaves it by default (an earlier test may have turned it off)
     assert span_start.proven()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
@@ -67,6 +68,7 @@ def test_the_self_test_proves_it_and_the_sdk_defaults_take_it():
 
 
 def test_a_processor_that_reads_attributes_at_start_sees_the_request(server):
+    span_fast_path.configure(True)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     watching = _Watching(exporter)

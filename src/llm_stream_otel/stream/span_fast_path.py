@@ -88,27 +88,48 @@ def _write(
     clean = _plain(attributes)
     if clean is None:
         return False
-    if sequences:
-        more = _plain(sequences)
-        if more is None:
-            return False
-        clean = {**clean, **more}
+    more: Mapping[str, Any] = _strings(sequences) if sequences else _NONE
+    if more is None:
+        return False
     with span._lock:
         if span._end_time is not None:
             return False  # set_attributes warns and drops them
         bounded = span._attributes
-        if type(bounded) is not bounded_class or bounded._immutable or not _fits(clean, bounded.max_value_len):
+        limit = bounded.max_value_len
+        if type(bounded) is not bounded_class or bounded._immutable or not (_fits(clean, limit) and _fits(more, limit)):
             return False
         with bounded._lock:
             store = bounded._dict
             maxlen = bounded.maxlen
-            if maxlen is not None and len(store) + len(clean) > maxlen:
+            if maxlen is not None and len(store) + len(clean) + len(more) > maxlen:
                 return False  # some would be dropped: the SDK's rules and warning
-            if not store.keys().isdisjoint(clean):
+            if not store.keys().isdisjoint(clean) or (more and not store.keys().isdisjoint(more)):
+                # set_attributes re-inserts a key that is there already: at the end, in the merged order
                 for key in clean:
                     store.pop(key, None)
+                for key in more:
+                    if key not in clean:
+                        store.pop(key, None)
             store.update(clean)
+            if more:
+                store.update(more)  # a key in both: clean's place, more's value, as {**clean, **more}
     return True
+
+
+_NONE: Mapping[str, Any] = {}
+
+
+def _strings(sequences: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """Attributes whose values are non-empty lists (or tuples) of strings, as cleaning leaves them (tuples)."""
+    out: Dict[str, Any] = {}
+    for key, value in sequences.items():
+        kind = type(value)
+        if type(key) is not str or not key or (kind is not list and kind is not tuple) or not value:
+            return None
+        if not _KEYS.issuperset(map(type, value)):
+            return None
+        out[key] = tuple(value)
+    return out
 
 
 def set_span_attributes(span: Any, attributes: Mapping[str, Any], sequences: Optional[Mapping[str, Any]] = None) -> None:
@@ -183,11 +204,13 @@ def _self_test(classes: Tuple[type, type]) -> bool:
 
     same = True
     scalars = {key: value for key, value in _SAMPLE.items() if type(value) is not list}
-    for sample in (_SAMPLE, scalars):  # with a sequence to convert, and all plain
+    apart = {key: value for key, value in _SAMPLE.items() if type(value) is list}
+    # With a sequence to convert, all plain, and the sequences apart (one of them replacing a start attribute).
+    for sample, sequences in ((_SAMPLE, None), (scalars, None), (scalars, apart), (scalars, {"gen_ai.request.model": ["r"]})):
         fast, public = spans()
-        if not _write(fast, sample, classes):
+        if not _write(fast, sample, classes, sequences):
             return False
-        public.set_attributes(sample)
+        public.set_attributes({**sample, **sequences} if sequences else sample)
         same = same and seen(fast) == seen(public)
     # Where the SDK would cut, drop or refuse, the fast path must write nothing.
     short, _ = spans(SpanLimits(max_attribute_length=4))
