@@ -5,7 +5,7 @@ instructions (callgrind, openai 1.x): six values, each looked up, written
 under two locks and offered to an exemplar reservoir, then the gap merge.
 Most of that is per-value bookkeeping that repeats, stream after stream, for
 the same few aggregations. So an ending only queues what it would write
-(``add``: its records, its gaps, the time and its context); the queue is
+(``put``: its records, its gaps, the time and its context); the queue is
 written (``flush``) when any reader collects, by an observable instrument's
 callback, which the SDK runs before it collects the synchronous instruments,
 and whenever it holds ``PENDING_LIMIT`` endings. A flush groups the values by
@@ -140,7 +140,7 @@ class EndingBuffer:
         self.flush()
 
     # --- at the ending -------------------------------------------------------------
-    def add(self, records: Sequence[Record], gaps: Optional[tuple], shape: Any = None) -> bool:
+    def put(self, records: Sequence[Record], gaps: Optional[tuple], shape: Any = None) -> bool:
         """Queue an ending; False: not queued, the caller writes it now (``shape``: see ``Instruments.write``)."""
         if self.state != "queueing" and not (self.state == "unknown" and self._verify(records)):
             return False
@@ -668,7 +668,7 @@ def _self_test(sdk: Dict[str, Any]) -> bool:
                         try:
                             if buffer is None:
                                 inline(records, None if gaps is None else gaps[2], full)
-                            elif not buffer.add(records, gaps):
+                            elif not buffer.put(records, gaps):
                                 return []
                         finally:
                             otel_context.detach(token)

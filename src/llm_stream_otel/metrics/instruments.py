@@ -79,7 +79,7 @@ class Instruments:
         queue = self.queue
         if queue is not None:
             gaps = None if monitor is None else (self.time_per_output_chunk, self.gaps.bounds, monitor, gap_attributes)
-            if queue.add(records, gaps, shape):
+            if queue.put(records, gaps, shape):
                 return
         self.write_now(records, monitor, gap_attributes)
 
