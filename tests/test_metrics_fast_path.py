@@ -185,3 +185,63 @@ def test_a_value_the_sdk_would_refuse_goes_to_the_public_api(value, caplog):
     assert names == {t.METRIC_CHUNKS}
     assert not instruments.fast_path.broken
     provider.shutdown()
+
+
+def test_the_queue_is_bounded_without_a_reader_that_collects():
+    """No reader ever collects: the ending that fills the queue writes it; nothing is lost."""
+    readers = _readers()
+    provider = MeterProvider(metric_readers=readers, shutdown_on_exit=False)
+    instruments = Instruments(provider.get_meter("test"))
+    monitors = _monitors()
+    most = 0
+    for i in range(3 * ending_buffer.PENDING_LIMIT + 5):
+        monitor, response_model = monitors[i % len(monitors)]
+        record_metrics(instruments, monitor, BASE, response_model, is_retry=False)
+        most = max(most, len(instruments.queue._pending))
+    assert instruments.queue.state == "queueing"
+    assert most == ending_buffer.PENDING_LIMIT - 1
+    written = 3 * ending_buffer.PENDING_LIMIT + 5 - len(instruments.queue._pending)
+    assert written == 3 * ending_buffer.PENDING_LIMIT
+    instruments.close()  # what uninstrument() does: the rest written now, nothing queued after
+    outcomes = [p for p in _points(readers[0]) if p[0] == t.METRIC_OUTCOMES]
+    assert sum(p[2] for p in outcomes) == 3 * ending_buffer.PENDING_LIMIT + 5
+    provider.shutdown()
+
+
+def test_endings_from_many_threads_and_collections_between_them_count_once():
+    """Four threads end streams while a fifth collects from a delta reader: every ending counted once."""
+    import threading
+
+    delta = InMemoryMetricReader(preferred_temporality={SdkCounter: AggregationTemporality.DELTA, SdkHistogram: AggregationTemporality.DELTA})
+    provider = MeterProvider(metric_readers=[delta], shutdown_on_exit=False)
+    instruments = Instruments(provider.get_meter("test"))
+    monitors = _monitors()
+    per_thread, threads_n = 400, 4
+    collected = []
+    done = threading.Event()
+
+    def end_streams(offset):
+        for i in range(per_thread):
+            monitor, response_model = monitors[(i + offset) % len(monitors)]
+            record_metrics(instruments, monitor, BASE, response_model, is_retry=False)
+
+    def collect():
+        while not done.is_set():
+            collected.append(_points(delta))
+        collected.append(_points(delta))
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    workers = [threading.Thread(target=end_streams, args=(n,)) for n in range(threads_n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    collector.join()
+    total = sum(p[2] for points in collected for p in points if p[0] == t.METRIC_OUTCOMES)
+    durations = sum(p[2] for points in collected for p in points if p[0] == t.METRIC_DURATION)
+    assert total == per_thread * threads_n
+    assert durations == sum(1 for n in range(threads_n) for i in range(per_thread) if monitors[(i + n) % len(monitors)][0].duration is not None)
+    assert instruments.queue.state == "queueing" and not instruments.fast_path.broken
+    provider.shutdown()
