@@ -394,8 +394,8 @@ def _group_gaps(
     if real is None or isinstance(real, sdk["NoOp"]) or (target.usable and not target.matches):
         return  # nothing would record them
     if not target.usable or not target.mergeable or target.bounds != bounds:
-        for index in indices:  # the public API, one record() per gap
-            rest[index] = (rest.get(index, ([], None))[0], endings_gaps(gaps, monitors, indices, index))
+        for index, monitor in zip(indices, monitors):  # the public API, one record() per gap
+            rest[index] = (rest.get(index, ([], None))[0], (histogram, bounds, monitor, attributes))
         return
     if not _enabled(enabled, real):
         return
@@ -404,11 +404,6 @@ def _group_gaps(
     for match, keys in target.matches:
         attrs, key = attribute_set.for_view(sdk, keys)
         _group_of(groups, match, key, attrs).columns.append(column)
-
-
-def endings_gaps(gaps: tuple, monitors: List[Any], indices: List[int], index: int) -> tuple:
-    """The gaps tuple of ending ``index`` (its own monitor)."""
-    return (gaps[0], gaps[1], monitors[indices.index(index)], gaps[3])
 
 
 def _enabled(cache: Dict[int, bool], real: Any) -> bool:
@@ -701,32 +696,27 @@ def _points(reader: Any, span_ids: Sequence[int]) -> List[tuple]:
     """Comparable points with their exemplars: every histogram exemplar (but the gap histogram's,
     one per stream by design); of a counter's, how many and whether each names one of ``span_ids``
     (which one is the reservoir's random draw)."""
-    data = reader.get_metrics_data()
     out = []
-    for resource_metrics in data.resource_metrics if data else ():
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                for p in metric.data.data_points:
-                    is_histogram = hasattr(p, "bucket_counts")
-                    found = tuple(getattr(p, "exemplars", ()) or ())
-                    exemplars: tuple = ()
-                    if not is_histogram:
-                        exemplars = (len(found), all(e.span_id in span_ids for e in found))
-                    elif metric.name != "selftest.gaps":
-                        exemplars = tuple(
-                            (e.value, e.span_id, e.trace_id, tuple(sorted(dict(e.filtered_attributes or {}).items())))
-                            for e in found
-                        )
-                    out.append(
-                        (
-                            metric.name,
-                            tuple(sorted(dict(p.attributes).items())),
-                            p.count if is_histogram else 1,
-                            round(p.sum if is_histogram else p.value, 9),
-                            tuple(p.bucket_counts) if is_histogram else (),
-                            p.min if is_histogram else None,
-                            p.max if is_histogram else None,
-                            exemplars,
-                        )
-                    )
+    for metric, p in sdk_fast_path.data_points(reader):
+        is_histogram = hasattr(p, "bucket_counts")
+        found = tuple(getattr(p, "exemplars", ()) or ())
+        exemplars: tuple = ()
+        if not is_histogram:
+            exemplars = (len(found), all(e.span_id in span_ids for e in found))
+        elif metric.name != "selftest.gaps":
+            exemplars = tuple(
+                (e.value, e.span_id, e.trace_id, tuple(sorted(dict(e.filtered_attributes or {}).items()))) for e in found
+            )
+        out.append(
+            (
+                metric.name,
+                tuple(sorted(dict(p.attributes).items())),
+                p.count if is_histogram else 1,
+                round(p.sum if is_histogram else p.value, 9),
+                tuple(p.bucket_counts) if is_histogram else (),
+                p.min if is_histogram else None,
+                p.max if is_histogram else None,
+                exemplars,
+            )
+        )
     return sorted(out, key=repr)

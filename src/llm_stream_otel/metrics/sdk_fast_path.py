@@ -37,7 +37,7 @@ import threading
 from bisect import bisect_left
 from operator import add
 from time import time_ns
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import semconv as t
 
@@ -617,31 +617,37 @@ def _self_test_values(sdk: Dict[str, Any]) -> bool:
         span.end()
 
 
-def _points(reader: Any, exemplars: bool) -> List[tuple]:
-    """Comparable points: (attributes, count, sum, buckets, bounds, min, max, extras)."""
+def data_points(reader: Any) -> Iterator[Tuple[Any, Any]]:
+    """(metric, point) for every point a reader collects now (the self-tests' view of an export)."""
     data = reader.get_metrics_data()
-    out = []
     for resource_metrics in data.resource_metrics if data else ():
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                for p in metric.data.data_points:
-                    extras: tuple = (metric.name,)
-                    is_histogram = hasattr(p, "bucket_counts")
-                    if exemplars and is_histogram:
-                        extras += tuple(
-                            (e.value, e.span_id, e.trace_id, tuple(sorted(dict(e.filtered_attributes or {}).items())))
-                            for e in p.exemplars
-                        )
-                    out.append(
-                        (
-                            tuple(sorted(dict(p.attributes).items())),
-                            p.count if is_histogram else 1,
-                            p.sum if is_histogram else p.value,
-                            tuple(p.bucket_counts) if is_histogram else (),
-                            tuple(p.explicit_bounds) if is_histogram else (),
-                            p.min if is_histogram else None,
-                            p.max if is_histogram else None,
-                            extras,
-                        )
-                    )
+                for point in metric.data.data_points:
+                    yield metric, point
+
+
+def _points(reader: Any, exemplars: bool) -> List[tuple]:
+    """Comparable points: (attributes, count, sum, buckets, bounds, min, max, extras)."""
+    out = []
+    for metric, p in data_points(reader):
+        extras: tuple = (metric.name,)
+        is_histogram = hasattr(p, "bucket_counts")
+        if exemplars and is_histogram:
+            extras += tuple(
+                (e.value, e.span_id, e.trace_id, tuple(sorted(dict(e.filtered_attributes or {}).items())))
+                for e in p.exemplars
+            )
+        out.append(
+            (
+                tuple(sorted(dict(p.attributes).items())),
+                p.count if is_histogram else 1,
+                p.sum if is_histogram else p.value,
+                tuple(p.bucket_counts) if is_histogram else (),
+                tuple(p.explicit_bounds) if is_histogram else (),
+                p.min if is_histogram else None,
+                p.max if is_histogram else None,
+                extras,
+            )
+        )
     return sorted(out, key=repr)
