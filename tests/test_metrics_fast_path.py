@@ -208,6 +208,76 @@ def test_the_queue_is_bounded_without_a_reader_that_collects():
     provider.shutdown()
 
 
+@pytest.mark.parametrize("endings", [1, ending_buffer.INLINE_FLUSH])
+def test_a_small_queue_is_written_ending_by_ending_at_each_endings_own_time(endings):
+    """A flush of a few endings writes each the way it is written at once, in its own context
+    and at its own time: the same points, and exemplars that name each ending's span and
+    carry the time it ended, not the time of the collect that wrote it."""
+    import time
+
+    def run(queue):
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+        instruments = Instruments(provider.get_meter("test"), queue_endings=queue)
+        tracer = TracerProvider().get_tracer("test")
+        spans, ended = {}, []
+        for i in range(endings):
+            span = tracer.start_span(f"stream {i}")
+            token = otel_context.attach(trace.set_span_in_context(span))
+            try:
+                monitor, response_model = _monitors()[i]
+                record_metrics(instruments, monitor, BASE, response_model, is_retry=False)
+            finally:
+                otel_context.detach(token)
+            spans[span.get_span_context().span_id] = i
+            ended.append(time.time_ns())
+            time.sleep(0.002)
+        if queue:
+            assert len(instruments.queue._pending) == endings
+        time.sleep(0.02)
+        points, times = [], []
+        for metric, p in sdk_fast_path.data_points(reader):
+            if not hasattr(p, "bucket_counts"):
+                points.append((metric.name, tuple(sorted(dict(p.attributes).items())), p.value))
+                continue
+            exemplars = () if metric.name == t.METRIC_TIME_PER_OUTPUT_CHUNK else tuple(
+                (e.value, spans[e.span_id]) for e in p.exemplars
+            )
+            times += [(spans[e.span_id], e.time_unix_nano) for e in p.exemplars]
+            points.append((metric.name, tuple(sorted(dict(p.attributes).items())), p.count, p.sum, tuple(p.bucket_counts), exemplars))
+        provider.shutdown()
+        return sorted(points, key=repr), times, ended, instruments
+
+    public, _, _, _ = run(False)
+    queued, times, ended, instruments = run(True)
+    assert instruments.queue.state == "queueing" and not instruments.fast_path.broken
+    assert queued == public
+    assert times and all((ended[i - 1] if i else 0) <= at <= ended[i] for i, at in times), "each exemplar at its ending's time"
+
+
+def test_instruments_dropped_without_close_lose_nothing_and_are_freed_once_written():
+    """Only a queue with endings waiting is held (for the next collect): an ``Instruments``
+    dropped without ``close()`` still has its endings counted, and is freed after that."""
+    import gc
+    import weakref
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    instruments = Instruments(provider.get_meter("test"))
+    for monitor, response_model in _monitors():
+        record_metrics(instruments, monitor, BASE, response_model, is_retry=False)
+    assert len(instruments.queue._pending) == 5
+    alive = weakref.ref(instruments)
+    del instruments
+    gc.collect()
+    assert alive() is not None, "held while its endings wait"
+    outcomes = [p for p in _points(reader) if p[0] == t.METRIC_OUTCOMES]
+    assert sum(p[2] for p in outcomes) == 5
+    gc.collect()
+    assert alive() is None, "freed once its queue is written"
+    provider.shutdown()
+
+
 def test_endings_from_many_threads_and_collections_between_them_count_once():
     """Four threads end streams while a fifth collects from a delta reader: every ending counted once."""
     import threading

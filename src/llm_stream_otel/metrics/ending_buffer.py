@@ -38,7 +38,7 @@ from functools import reduce
 from itertools import chain, compress, repeat
 from operator import add, attrgetter, itemgetter
 from time import time_ns
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from opentelemetry import context as otel_context
 
@@ -48,21 +48,26 @@ from .sdk_fast_path import FastPath, Record
 _logger = logging.getLogger(__name__)
 
 PENDING_LIMIT = 64  # endings queued before the ending that fills the queue writes it
+# A flush of this many endings or fewer writes each at once (in its own context, with its own
+# time): the grouped write's planning costs about as much as writing four endings one by one.
+INLINE_FLUSH = 4
 FLUSH_INSTRUMENT = "llm.stream.internal.pending_endings"  # observes nothing: its callback is the flush
 
 # (records, gaps, time, context, shape); gaps: (histogram, bounds, monitor, attributes) or None
 Ending = Tuple[Sequence[Record], Optional[tuple], int, Any, Any]
-# Writes one ending the way it is written without a queue: (records, monitor, gap attributes).
-InlineWrite = Callable[[Sequence[Record], Any, Optional[Dict[str, Any]]], None]
+# Writes one ending the way it is written without a queue: (records, monitor, gap attributes, time).
+InlineWrite = Callable[[Sequence[Record], Any, Optional[Dict[str, Any]], Optional[int]], None]
 
-_buffers: List["EndingBuffer"] = []  # every open buffer: one collect flushes them all
+# The buffers with endings waiting: one collect flushes them all. Only these are held, so an
+# ``Instruments`` that is dropped without ``close()`` is freed once its queue is written.
+_waiting: Set["EndingBuffer"] = set()
 _state = "unknown"  # unknown | proven | unusable (the self-test's verdict)
 _state_lock = threading.Lock()
 
 
 def flush_pending(_options: Any = None) -> Tuple[()]:
     """Write every queued ending (the observable instrument's callback; also for the bench and tests)."""
-    for buffer in list(_buffers):
+    for buffer in list(_waiting):
         buffer.flush()
     return ()
 
@@ -115,9 +120,10 @@ class _Group:
 class EndingBuffer:
     """The queue of one ``Instruments``, and its grouped write."""
 
-    def __init__(self, fast: FastPath, meter: Any, inline: InlineWrite) -> None:
+    def __init__(self, fast: FastPath, meter: Any, inline: InlineWrite, inline_flush: int = INLINE_FLUSH) -> None:
         self._fast = fast
         self._inline = inline
+        self._inline_flush = inline_flush  # (the self-test sets 0: it proves the grouped write)
         self._pending: Deque[Ending] = deque()
         self._consumer: Any = None  # the SDK's measurement consumer of the instruments (``_verify``)
         self.state = "unknown"  # unknown | queueing | off
@@ -128,15 +134,10 @@ class EndingBuffer:
         except Exception:  # noqa: BLE001 - a meter that cannot: every ending is written at once
             self._gauge = None
             self.state = "off"
-        _buffers.append(self)
 
     def close(self) -> None:
         """Write what is queued and queue nothing more (``uninstrument``)."""
         self.state = "off"
-        try:
-            _buffers.remove(self)
-        except ValueError:
-            pass
         self.flush()
 
     # --- at the ending -------------------------------------------------------------
@@ -146,6 +147,7 @@ class EndingBuffer:
             return False
         pending = self._pending
         pending.append((records, gaps, time_ns(), otel_context.get_current(), shape))
+        _waiting.add(self)  # after the append: a flush that un-holds the buffer looks again (``flush``)
         if len(pending) >= PENDING_LIMIT:
             self.flush()
         return True
@@ -178,8 +180,6 @@ class EndingBuffer:
     # --- the grouped write ---------------------------------------------------------
     def flush(self) -> None:
         pending = self._pending
-        if not pending:
-            return
         endings: List[Ending] = []
         pop = pending.popleft  # atomic: concurrent flushes take distinct endings
         try:
@@ -187,6 +187,15 @@ class EndingBuffer:
                 endings.append(pop())
         except IndexError:
             pass
+        _waiting.discard(self)
+        if pending:  # an ending queued since: it stays held
+            _waiting.add(self)
+        if not endings:
+            return
+        if len(endings) <= self._inline_flush:
+            for ending in endings:
+                self._write_inline(ending, ending[0], ending[1])
+            return
         fast = self._fast
         sdk = fast._sdk or sdk_fast_path._sdk
         groups: Dict[Tuple[int, Any], _Group] = {}
@@ -233,16 +242,16 @@ class EndingBuffer:
         if surprise:
             fast._fail()
 
-    def _write_inline(self, ending: Ending, records: List[Record], gaps: Optional[tuple]) -> None:
-        """One ending the way it is written without a queue, in its own context."""
+    def _write_inline(self, ending: Ending, records: Sequence[Record], gaps: Optional[tuple]) -> None:
+        """One ending the way it is written without a queue, in its own context, at its own time."""
         if not records and gaps is None:
             return
         token = otel_context.attach(ending[3])
         try:
             if gaps is None:
-                self._inline(records, None, None)
+                self._inline(records, None, None, ending[2])
             else:
-                self._inline(records, gaps[2], gaps[3])
+                self._inline(records, gaps[2], gaps[3], ending[2])
         finally:
             otel_context.detach(token)
 
@@ -294,8 +303,12 @@ def _group(
     shapes: Dict[tuple, Tuple[Sequence[Record], List[int], List[tuple], List[bool]]] = {}
     gap_rows: Dict[Tuple[int, int, tuple], Tuple[tuple, List[int], List[Any], List[bool]]] = {}
     should_sample = exemplar_filter.should_sample
+    trace_sampled = sdk["trace_sampled"] if type(exemplar_filter) is sdk["TraceBased"] else None
     for index, (records, gaps, now, context, shape) in enumerate(endings):
-        sampled = bool(should_sample(0, now, None, context))
+        if trace_sampled is not None:  # the SDK's default filter, inlined
+            sampled = trace_sampled(context)
+        else:
+            sampled = bool(should_sample(0, now, None, context))
         if records:
             if shape is None:  # the instruments and attribute dicts themselves (alive: the ending holds them)
                 shape = tuple(map(id, chain.from_iterable(map(_shape_of, records))))
@@ -615,6 +628,9 @@ def _self_test(sdk: Dict[str, Any]) -> bool:
     tracer = TracerProvider().get_tracer("llm_stream_otel.selftest")
     spans = [tracer.start_span("a"), tracer.start_span("b")]
     span_ids = [span.get_span_context().span_id for span in spans]
+    unsampled = trace.NonRecordingSpan(trace.SpanContext(7, 9, False, trace.TraceFlags(0)))
+    # sampled spans a and b, an unsampled span, no span at all: which the exemplar filter samples
+    contexts = [trace.set_span_in_context(span) for span in (*spans, unsampled)] + [otel_context.Context()]
     full = {"a": "x", "n": 1, "flag": True}
     other = {"a": "y", "n": 2, "flag": False}
     bounds = tuple(t.SECONDS_BUCKETS)
@@ -624,8 +640,10 @@ def _self_test(sdk: Dict[str, Any]) -> bool:
         (1, [("h", 0.2, full), ("c", 1, full), ("c", 2, other), ("k", 0.02, other)], 1),
         (0, [("h", 0.0, full), ("k", 7.0, full), ("c", 1, full)], 2),
         (1, [("h", 0.3, full), ("h", 0.004, full)], None),
+        (2, [("h", 0.05, full), ("c", 1, full)], 1),
+        (3, [("h", 0.5, other), ("c", 3, full)], None),
     ]
-    rounds = [endings, endings[1:3], endings[::-1]]
+    rounds = [endings, endings[1:3], endings[::-1], endings[3:]]
 
     def run(queued: bool) -> List[Any]:
         readers = sdk_fast_path._readers()
@@ -641,14 +659,14 @@ def _self_test(sdk: Dict[str, Any]) -> bool:
             gaps_histogram = meter.create_histogram("selftest.gaps", unit="s", explicit_bucket_boundaries_advisory=bounds)
             fast = FastPath(sdk)
 
-            def inline(records: Sequence[Record], monitor: Any, attributes: Any) -> None:
+            def inline(records: Sequence[Record], monitor: Any, attributes: Any, _now: Any = None) -> None:
                 for instrument, value, attrs, is_counter in records:
                     (instrument.add if is_counter else instrument.record)(value, attrs)
                 if monitor is not None:
                     for gap in monitor.values:
                         gaps_histogram.record(gap, attributes)
 
-            buffer = EndingBuffer(fast, meter, inline) if queued else None
+            buffer = EndingBuffer(fast, meter, inline, inline_flush=0) if queued else None
             points = []
             try:
                 for batch in rounds:
@@ -659,7 +677,7 @@ def _self_test(sdk: Dict[str, Any]) -> bool:
                             monitor = sdk_fast_path._Gaps(gap_batches[gap_index], bounds)
                             monitor.values = gap_batches[gap_index]
                             gaps = (gaps_histogram, bounds, monitor, full)
-                        token = otel_context.attach(trace.set_span_in_context(spans[span]))
+                        token = otel_context.attach(contexts[span])
                         try:
                             if buffer is None:
                                 inline(records, None if gaps is None else gaps[2], full)

@@ -83,13 +83,17 @@ class Instruments:
                 return
         self.write_now(records, monitor, gap_attributes)
 
-    def write_now(self, records: Sequence[Record], monitor: Any = None, gap_attributes: Optional[Dict[str, Any]] = None) -> None:
-        """``write`` without the queue: in one pass on the fast path, else the public API."""
+    def write_now(
+        self, records: Sequence[Record], monitor: Any = None, gap_attributes: Optional[Dict[str, Any]] = None, now: Optional[int] = None
+    ) -> None:
+        """``write`` without the queue: in one pass on the fast path, else the public API.
+        ``now``: the ending's time, for the exemplars, when the queue writes it later (the
+        fast path takes it; the public API's record() reads the clock)."""
         fast = self.fast_path
         gaps_done = monitor is None
         if fast is not None and fast.usable():
             gaps = None if monitor is None else (self.time_per_output_chunk, self.gaps.bounds, monitor, gap_attributes)
-            records, path = fast.write_ending(records, gaps)
+            records, path = fast.write_ending(records, gaps, now)
             gaps_done = gaps_done or path is not None
         for instrument, value, attributes, is_counter in records:
             if is_counter:

@@ -72,6 +72,8 @@ def _load_sdk() -> Dict[str, Any]:
     from opentelemetry.sdk.metrics._internal.measurement import Measurement
 
     from opentelemetry.trace import INVALID_SPAN, get_current_span
+    from opentelemetry.trace import Span as ApiSpan
+    from opentelemetry.trace.propagation import _SPAN_KEY
 
     try:
         from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import (
@@ -88,6 +90,15 @@ def _load_sdk() -> Dict[str, Any]:
             span_context = span.get_span_context()
             return span_context.span_id, span_context.trace_id
         return None
+
+    def trace_sampled(context: Any) -> bool:
+        """``TraceBasedExemplarFilter.should_sample`` for ``context``, without its two calls
+        (``get_current_span``, the ``sampled`` property): the queue's self-test compares."""
+        span = (context if context is not None else get_current()).get(_SPAN_KEY)
+        if span is None or not isinstance(span, ApiSpan) or span == INVALID_SPAN:
+            return False
+        return bool(span.get_span_context().trace_flags & 1)
+
     return {
         "Histogram": _Histogram,
         "Counter": _Counter,
@@ -99,6 +110,8 @@ def _load_sdk() -> Dict[str, Any]:
         "Aligned": aligned,
         "Bucket": ExemplarBucket,
         "span_ids": span_ids,
+        "TraceBased": TraceBasedExemplarFilter,
+        "trace_sampled": trace_sampled,
         "hash_attributes": vim._hash_attributes,
         "get_current": get_current,
         # Filters whose answer depends on the context alone: asked once per ending.
@@ -319,9 +332,12 @@ class FastPath:
         """Write what it can; returns the records the public API must write."""
         return self.write_ending(records)[0]
 
-    def write_ending(self, records: Sequence[Record], gaps: Optional[Tuple[Any, tuple, Any, Dict[str, Any]]] = None) -> Tuple[List[Record], Optional[str]]:
+    def write_ending(
+        self, records: Sequence[Record], gaps: Optional[Tuple[Any, tuple, Any, Dict[str, Any]]] = None, now: Optional[int] = None
+    ) -> Tuple[List[Record], Optional[str]]:
         """A stream's ending in one pass: the values, then (``gaps``: histogram,
         bounds, monitor, attributes) the gap merge, sharing the context, the time
+        (``now``: the ending's, when a queue writes it later; else the clock's)
         and the exemplar filter's answer. Returns the records the public API must
         write, and the merge's path (None: the public API must record the gaps).
 
@@ -340,7 +356,8 @@ class FastPath:
         touched = False
         targets = self._targets
         try:
-            now = time_ns()
+            if now is None:
+                now = time_ns()
             context = sdk["get_current"]()
             value_ = _Value(0, now, None, context, None, sdk["span_ids"](context))
             context_filters = sdk["context_filters"]
