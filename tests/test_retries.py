@@ -101,6 +101,35 @@ def test_success_does_not_start_a_chain(instrumented, client):
     assert len(instrumented.instrumentor.telemetry.retries) == 0
 
 
+def test_a_request_is_fingerprinted_only_when_a_repeat_of_it_could_matter(instrumented, client, monkeypatch):
+    """The fingerprint (about 30,000 instructions) is built at the start only while a cut or
+    failed request waits in the table, else at the end of an attempt that is cut or fails:
+    healthy traffic never pays for it, and retries are recognised as before."""
+    from llm_stream_otel.providers import base
+
+    built = []
+    real = base.request_fingerprint
+
+    def spy(kind, base_url, kwargs, *args, **kw):
+        built.append(kwargs["messages"][0]["content"])
+        return real(kind, base_url, kwargs, *args, **kw)
+
+    monkeypatch.setattr(base.Provider, "fingerprint", staticmethod(spy))
+    ok, cut = unique_prompt("healthy"), unique_prompt("cut-then-ok")
+    consume(client, "chat", "none", prompt=ok)
+    consume(client, "chat", "none", prompt=ok)
+    assert built == []
+    consume(client, "chat", "reset_between;after=2", prompt=cut)
+    assert built == [cut]  # at the end of the cut attempt
+    consume(client, "chat", "none", prompt=cut)
+    assert built == [cut, cut]  # at the start: a cut request waits in the table
+    spans = sorted(instrumented.stream_spans(), key=lambda s: s.start_time)
+    assert [(s.attributes[t.ATTEMPT], s.attributes[t.IS_RETRY]) for s in spans] == [(1, False), (1, False), (1, False), (2, True)]
+    assert instrumented.total(t.METRIC_RECOVERIES) == 1
+    consume(client, "chat", "none", prompt=ok)  # the chain is settled: the table is empty again
+    assert built == [cut, cut] and len(instrumented.instrumentor.telemetry.retries) == 0
+
+
 def test_retry_window_expires(telemetry, client):
     from llm_stream_otel import LLMStreamInstrumentor
 

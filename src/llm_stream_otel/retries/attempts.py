@@ -20,7 +20,7 @@ import contextvars
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from opentelemetry.trace import Link, Span, SpanContext
 
@@ -63,6 +63,15 @@ class Attempt:
     started_at: float
     first_truncated: bool = False
     evidence: Optional[str] = None  # trace | fingerprint, for application retries
+    # The key, not built yet (``retries.scope.scoped_key``): built at the end only if the attempt is cut or fails.
+    later_key: Optional[Callable[[], Optional[bytes]]] = None
+
+    def key(self) -> Optional[bytes]:
+        """The attempt's key in the retry table, built now if it was left for later."""
+        if self.fingerprint is None and self.later_key is not None:
+            later, self.later_key = self.later_key, None
+            self.fingerprint = later()
+        return self.fingerprint
 
     def links(self) -> list:
         return [Link(self.link, {t.ATTEMPT: self.number - 1})] if self.link is not None else []
@@ -102,25 +111,36 @@ class RetryTracker:
             chains.popitem(last=False)
 
     def start(
-        self, fingerprint: Optional[bytes], now: float, metric_attributes: dict, evidence: Optional[str] = None
+        self,
+        fingerprint: Optional[bytes],
+        now: float,
+        metric_attributes: dict,
+        evidence: Optional[str] = None,
+        later_key: Optional[Callable[[], Optional[bytes]]] = None,
     ) -> Attempt:
         """A new attempt begins: is it a repeat of a cut or failed one?
 
-        ``fingerprint`` is the scoped key of the request (see retry_scope),
-        ``evidence`` what scoped it; None: no application retry attribution.
+        ``fingerprint`` is the scoped key of the request (see retry_scope), or
+        ``later_key`` builds it: only now if a cut or failed request waits in the
+        table (it may be this one's), else at the end if this attempt is cut or
+        fails (about 30,000 instructions a call saved while nothing fails).
+        ``evidence``: what scoped it. Neither key: no application retry attribution.
         """
         override = chain_override.get()
         layer = t.RETRY_LAYER_APPLICATION
         if override is not None:
             fingerprint, layer = override
             evidence = None
+            later_key = None
+        elif later_key is not None and self._chains:
+            fingerprint, later_key = later_key(), None
         chain = None
         if fingerprint is not None:
             with self._lock:
                 self._expire(now)
                 chain = self._chains.get(fingerprint)
         if chain is None:
-            return Attempt(fingerprint, 1, False, None, None, now)
+            return Attempt(fingerprint, 1, False, None, None, now, later_key=later_key)
         _add(self._instruments.retries, {**metric_attributes, t.RETRY_LAYER: layer})
         return Attempt(
             fingerprint, chain.attempts + 1, True, layer, chain.last_span, now, chain.first_truncated, evidence
@@ -141,7 +161,7 @@ class RetryTracker:
         (the caller sets them with the span's others, in one call: each
         ``set_attribute`` takes the span's lock and cleans its value), else
         straight onto the span."""
-        if attempt.fingerprint is None:
+        if attempt.fingerprint is None and attempt.later_key is None:
             return
         attrs: dict = {} if span_attributes is None else span_attributes
         attrs[t.ATTEMPT] = attempt.number
@@ -160,10 +180,13 @@ class RetryTracker:
         self, attempt: Attempt, outcome: Optional[str], span: Span, metric_attributes: dict, now: float, attrs: dict
     ) -> None:
         if outcome in _FAILURES:
+            key = attempt.key()
+            if key is None:
+                return  # no fingerprint of this request: a repeat of it cannot be recognised
             first_truncated = attempt.first_truncated if attempt.is_retry else outcome == t.OUTCOME_TRUNCATED
             with self._lock:
-                self._chains.pop(attempt.fingerprint, None)
-                self._chains[attempt.fingerprint] = _Chain(
+                self._chains.pop(key, None)
+                self._chains[key] = _Chain(
                     attempt.number, now, span.get_span_context(), first_truncated
                 )
                 self._expire(now)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 from opentelemetry import trace
 
@@ -56,3 +56,15 @@ def retry_scope(mode: str, client: Any) -> Optional[Tuple[bytes, str]]:
         b"f" + id(client).to_bytes(8, "big") + _lineage_number().to_bytes(8, "big"),
         t.RETRY_EVIDENCE_FINGERPRINT,
     )
+
+
+def scoped_key(
+    scope_key: bytes, fingerprint: Callable[[str, str, Mapping[str, Any]], Optional[bytes]], kind: str, base_url: str, kwargs: Mapping[str, Any]
+) -> Optional[bytes]:
+    """The retry table's key of a request: its scope and its fingerprint (None: no fingerprint).
+
+    Bound with ``functools.partial`` at the start of a call and called only when needed
+    (``RetryTracker.start``): a request's fingerprint matters only if a cut or failed
+    request waits in the table, or if this one is cut or fails."""
+    digest = fingerprint(kind, base_url, kwargs)
+    return None if digest is None else scope_key + digest

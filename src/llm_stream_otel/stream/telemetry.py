@@ -9,6 +9,7 @@ to decide.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Mapping
 
 from opentelemetry.trace import SpanKind, Tracer
@@ -20,7 +21,7 @@ from ..config import CONTENT_CAPTURE_LIMIT, STALL_EVENT_LIMIT, Settings
 from ..metrics.cardinality import CardinalityLimiter
 from ..metrics.instruments import Instruments
 from ..retries.attempts import RetryTracker
-from ..retries.scope import retry_scope
+from ..retries.scope import retry_scope, scoped_key
 from .metric_attributes import BaseAttributes
 from .monitor import StreamMonitor
 from .record import Recorder
@@ -80,9 +81,9 @@ class StreamTelemetry:
         metric_attrs = self.metric_attributes(request.span_attributes)
         now = time.perf_counter()
         scope = retry_scope(self.settings.app_retries, provider.retry_client(instance))
-        fingerprint = provider.fingerprint(kind, request.base_url, kwargs) if scope is not None else None
-        if scope is not None and fingerprint is not None:
-            attempt = self.retries.start(scope[0] + fingerprint, now, metric_attrs, scope[1])
+        if scope is not None:
+            key = partial(scoped_key, scope[0], provider.fingerprint, kind, request.base_url, kwargs)
+            attempt = self.retries.start(None, now, metric_attrs, scope[1], key)
         else:
             attempt = self.retries.start(None, now, metric_attrs)
         name = f"{request.operation} {request.model}" if request.model else request.operation
