@@ -73,7 +73,8 @@ def _wanted_headers(headers: Any) -> Dict[str, Optional[str]]:
         if type(raw) is not list:
             return {name: _header(headers, name) for name in _WANTED}
         triples = [(key, key.lower(), value) for key, value in raw]
-    values: Dict[str, list] = {}
+    out: Dict[str, Optional[str]] = dict.fromkeys(_WANTED)
+    odd = False  # a value to cut or an empty one (None, as ``_header`` gives it)
     for _raw, key, value in triples:
         name = _WANTED_RAW.get(key)
         if name is not None:
@@ -81,11 +82,15 @@ def _wanted_headers(headers: Any) -> Dict[str, Optional[str]]:
                 text = value.decode("ascii")
             except UnicodeDecodeError:
                 text = value.decode(headers.encoding)
-            values.setdefault(name, []).append(text)
-    out: Dict[str, Optional[str]] = dict.fromkeys(_WANTED)
-    for name, found in values.items():
-        joined = ", ".join(found)
-        out[name] = joined[:_MAX_HEADER_VALUE] if joined else None
+            previous = out[name]
+            text = text if previous is None else previous + ", " + text  # repeats joined, as get() joins them
+            out[name] = text
+            if not text or len(text) > _MAX_HEADER_VALUE:
+                odd = True
+    if odd:
+        for name, text in out.items():
+            if text is not None:
+                out[name] = text[:_MAX_HEADER_VALUE] or None
     return out
 
 
