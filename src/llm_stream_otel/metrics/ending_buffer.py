@@ -34,7 +34,7 @@ import math
 import threading
 from bisect import bisect_left
 from collections import deque
-from functools import reduce
+from functools import partial, reduce
 from itertools import chain, compress, repeat
 from operator import add, attrgetter, itemgetter
 from time import time_ns
@@ -508,7 +508,8 @@ def _offer_group(sdk: Dict[str, Any], aggregation: Any, group: _Group, endings: 
     reservoir = aggregation._reservoir
     if type(reservoir) is sdk["Aligned"]:
         boundaries = reservoir._boundaries
-        buckets = list(map(bisect_left, repeat(boundaries), [values[j] for j in chosen]))
+        offered = values if len(chosen) == len(values) else [values[j] for j in chosen]
+        buckets = list(map(bisect_left, repeat(boundaries), offered))
         for bucket, j in dict(zip(buckets, chosen)).items():
             index = indices[j]
             span_ids = ids.get(index, _GAPS)
@@ -546,7 +547,7 @@ def _offer_simple(
     ``randrange(0, n)`` if that is a slot), and each slot written once, by its last winner."""
     from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir
 
-    randrange = exemplar_reservoir.randrange
+    draw = _draw(exemplar_reservoir.randrange)
     with reservoir._lock:
         size = reservoir._size
         seen = reservoir._measurements_seen
@@ -555,7 +556,7 @@ def _offer_simple(
             if seen < size:
                 slot = seen
             else:
-                slot = randrange(0, seen + 1)
+                slot = draw(seen + 1)
             seen += 1
             if slot < size:
                 winners[slot] = j
@@ -583,6 +584,22 @@ def _offer_simple(
     for j in chosen:  # (outside its lock: offer() takes it)
         ending = endings[indices[j]]
         reservoir.offer(values[j], ending[2], cleaned[j], ending[3])
+
+
+def _draw(randrange: Any) -> Callable[[int], int]:
+    """``n -> randrange(0, n)``: the global generator's ``_randbelow(n)`` where ``randrange`` is the
+    stdlib's (for a start of 0 and a step of 1 it returns ``0 + self._randbelow(n)``: the same
+    draw, without its argument checks), else ``randrange`` itself."""
+    import random
+
+    owner = getattr(randrange, "__self__", None)
+    if (
+        type(owner) is random.Random
+        and getattr(randrange, "__func__", None) is random.Random.randrange
+        and type(owner)._randbelow is random.Random._randbelow
+    ):
+        return owner._randbelow
+    return partial(randrange, 0)
 
 
 def _redo(source: Tuple[int, int], endings: List[Ending], rest: Dict[int, Tuple[List[Record], Optional[tuple]]]) -> None:

@@ -5,8 +5,9 @@ Built from the client's base URL, the method, the model, the prompt
 memory, in the retry table, and is never exported: it would be a
 high-cardinality attribute and could let someone correlate prompts.
 
-It runs on the caller's thread before every streaming request, so it reads a
-bounded sample of the request, never all of it: every string by its length
+It runs on the caller's thread, before a streaming request while a cut or
+failed request waits in the retry table, else when an attempt is cut or fails
+(``RetryTracker.start``), so it reads a bounded sample of the request, never all of it: every string by its length
 and its first and last ``STRING_EDGE`` characters, every list by its length
 and its first and last ``LIST_EDGE`` items, at most ``NODE_BUDGET`` values in
 all. The cost is O(1) in the request size (a 4 MB image message costs the
