@@ -315,3 +315,26 @@ def test_endings_from_many_threads_and_collections_between_them_count_once():
     assert durations == sum(1 for n in range(threads_n) for i in range(per_thread) if monitors[(i + n) % len(monitors)][0].duration is not None)
     assert instruments.queue.state == "queueing" and not instruments.fast_path.broken
     provider.shutdown()
+
+
+def test_the_simple_reservoirs_draws_are_the_ones_randrange_makes():
+    """The grouped write draws a counter exemplar's slot as the SDK's reservoir does,
+    ``randrange(0, n)``, through the generator's ``_randbelow`` where that is the same draw."""
+    import random
+
+    from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir
+
+    draw = ending_buffer._draw(exemplar_reservoir.randrange)
+    assert draw == random._inst._randbelow  # the stdlib's randrange: the short way
+    state = random.getstate()
+    try:
+        random.seed(1234)
+        expected = [random.randrange(0, n) for n in range(1, 3000)]
+        random.seed(1234)
+        assert [draw(n) for n in range(1, 3000)] == expected
+        # another randrange (a patched or wrapped one): called as the reservoir would call it
+        calls = []
+        other = ending_buffer._draw(lambda start, stop: calls.append((start, stop)) or 0)
+        assert other(5) == 0 and calls == [(0, 5)]
+    finally:
+        random.setstate(state)
