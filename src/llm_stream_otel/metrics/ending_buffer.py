@@ -209,7 +209,7 @@ class EndingBuffer:
             for ending in endings:
                 self._write_inline(ending, list(ending[0]), ending[1])
             return
-        written: set = set()  # (ending, record position or GAPS) written into one aggregation at least
+        done: List[_Group] = []  # written (their sources are worked out only if a group fails)
         ids: Dict[int, Any] = {}
         failed: List[_Group] = []
         for group in groups.values():
@@ -224,11 +224,13 @@ class EndingBuffer:
                 self._off(fast, True)
                 failed.append(group)
                 continue
-            written.update(group.sources())
+            done.append(group)
             try:
                 _offer_group(sdk, aggregation, group, endings, ids)
             except Exception:  # noqa: BLE001 - counted already: only exemplars are lost
                 self._off(fast, True)
+        # (ending, record position or GAPS) written into one aggregation at least: not again
+        written = set(chain.from_iterable(group.sources() for group in done)) if failed else set()
         for group in failed:
             for source in group.sources():
                 if source not in written:
