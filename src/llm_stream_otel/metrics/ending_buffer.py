@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 from bisect import bisect_left
 from collections import deque
@@ -89,20 +90,30 @@ class _Column:
 class _Group:
     """What a flush writes into one aggregation: columns of values, or of gaps."""
 
-    __slots__ = ("match", "key", "attrs", "columns")
+    __slots__ = ("match", "key", "attrs", "columns", "_ordered", "buckets")
 
     def __init__(self, match: Any, key: Any, attrs: Dict[str, Any]) -> None:
         self.match = match
         self.key = key
         self.attrs = attrs
         self.columns: List[_Column] = []
+        self._ordered: Any = None
+        # (the histogram's boundaries, each ordered value's bucket): found once, for the counts and the exemplars
+        self.buckets: Optional[Tuple[tuple, List[int]]] = None
 
     def sources(self) -> List[Tuple[int, int]]:
         """(ending, record position) of every value here; _GAPS for an ending's gaps."""
         return [(index, column.position) for column in self.columns for index in column.indices]
 
     def ordered(self) -> Tuple[Sequence[int], Sequence[float], Sequence[Any], Sequence[bool]]:
-        """Indices, values, cleaned attributes and filter answers, in the order ``record()`` calls would come."""
+        """Indices, values, cleaned attributes and filter answers, in the order ``record()`` calls would
+        come (worked out once: the write and the exemplar offers both read it, after the columns are final)."""
+        found = self._ordered
+        if found is None:
+            found = self._ordered = self._order()
+        return found
+
+    def _order(self) -> Tuple[Sequence[int], Sequence[float], Sequence[Any], Sequence[bool]]:
         columns = self.columns
         if len(columns) == 1:
             column = columns[0]
@@ -320,7 +331,7 @@ def _group(
             rows[1].append(index)
             rows[2].append(tuple(map(_value_of, records)))  # checked column by column (_valid)
             rows[3].append(sampled)
-        if gaps is not None and gaps[2].gaps >= 1:
+        if gaps is not None and any(gaps[2].gap_counts):  # (``monitor.gaps >= 1``: counts are >= 0)
             key = (id(gaps[0]), id(gaps[3]), id(gaps[1]))
             rows = gap_rows.get(key)
             if rows is None:
@@ -422,9 +433,12 @@ def _group_gaps(
 
 
 def _enabled(cache: Dict[int, bool], real: Any) -> bool:
-    found = cache.get(id(real))
+    """``real._is_enabled()``, asked once per meter config and flush (it reads only that config,
+    which the instruments of one meter share, as ``FastPath.write_ending`` relies on too)."""
+    config = real._meter_config
+    found = cache.get(id(config))
     if found is None:
-        found = cache[id(real)] = bool(real._is_enabled())
+        found = cache[id(config)] = bool(real._is_enabled())
     return found
 
 
@@ -444,7 +458,11 @@ def _write_group(sdk: Dict[str, Any], group: _Group, endings: List[Ending]) -> A
             if gap_columns:
                 _merge_gaps(aggregation, group)
             else:
-                _add_to_histogram(aggregation, group.ordered()[1])
+                values = group.ordered()[1]
+                boundaries = aggregation._boundaries
+                buckets = list(map(bisect_left, repeat(boundaries), values))
+                _add_to_histogram(aggregation, values, buckets)
+                group.buckets = (boundaries, buckets)
         elif kind is sdk["Sum"] and not gap_columns:
             values = group.ordered()[1]
             with aggregation._lock:
@@ -454,15 +472,16 @@ def _write_group(sdk: Dict[str, Any], group: _Group, endings: List[Ending]) -> A
     return aggregation
 
 
-def _add_to_histogram(aggregation: Any, values: Sequence[float]) -> None:
-    """Counts, sum (added left to right, as ``+=`` per record), min and max of ``values``, in C."""
-    buckets: Dict[int, int] = {}
-    _count_elements(buckets, map(bisect_left, repeat(aggregation._boundaries), values))
+def _add_to_histogram(aggregation: Any, values: Sequence[float], buckets: Sequence[int]) -> None:
+    """Counts, sum (added left to right, as ``+=`` per record), min and max of ``values``, in C
+    (``buckets``: each value's, ``bisect_left`` in the aggregation's boundaries, as ``aggregate`` finds it)."""
+    counted: Dict[int, int] = {}
+    _count_elements(counted, buckets)
     with aggregation._lock:
         counts = aggregation._value
         if counts is None:
             counts = aggregation._value = aggregation._get_empty_bucket_counts()
-        for bucket, count in buckets.items():
+        for bucket, count in counted.items():
             counts[bucket] += count
         aggregation._sum = reduce(add, values, aggregation._sum)
         if aggregation._record_min_max:
@@ -485,11 +504,10 @@ def _merge_gaps(aggregation: Any, group: _Group) -> None:
         counts = aggregation._value
         if counts is None:
             counts = aggregation._get_empty_bucket_counts()
-        for gap_counts in map(_gap_counts, monitors):
-            if len(gap_counts) != len(counts):
-                raise ValueError("gap buckets of other bounds")
-            counts = list(map(add, counts, gap_counts))
-        aggregation._value = counts
+        every = list(map(_gap_counts, monitors))
+        if set(map(len, every)) != {len(counts)}:
+            raise ValueError("gap buckets of other bounds")
+        aggregation._value = list(map(sum, zip(counts, *every)))  # bucket by bucket, in C (integers: exact)
         aggregation._sum = reduce(add, map(_gap_total, monitors), aggregation._sum)
         if aggregation._record_min_max:
             low, high = min(map(_gap_min, monitors)), max(map(_gap_max, monitors))
@@ -510,8 +528,12 @@ def _offer_group(sdk: Dict[str, Any], aggregation: Any, group: _Group, endings: 
     reservoir = aggregation._reservoir
     if type(reservoir) is sdk["Aligned"]:
         boundaries = reservoir._boundaries
-        offered = values if len(chosen) == len(values) else [values[j] for j in chosen]
-        buckets = list(map(bisect_left, repeat(boundaries), offered))
+        found = group.buckets
+        if found is not None and tuple(boundaries) == found[0]:  # the buckets the counts were found in
+            buckets = found[1] if len(chosen) == len(values) else list(map(found[1].__getitem__, chosen))
+        else:
+            offered = values if len(chosen) == len(values) else [values[j] for j in chosen]
+            buckets = list(map(bisect_left, repeat(boundaries), offered))
         for bucket, j in dict(zip(buckets, chosen)).items():
             index = indices[j]
             span_ids = ids.get(index, _GAPS)
@@ -526,18 +548,12 @@ def _offer_group(sdk: Dict[str, Any], aggregation: Any, group: _Group, endings: 
             ending = endings[index]
             sdk_fast_path._offer(sdk, reservoir, values[j], ending[2], cleaned[j], ending[3], span_ids)
         return
-    if type(reservoir) is _simple_reservoir():
+    if type(reservoir) is sdk["Simple"]:
         _offer_simple(sdk, reservoir, chosen, indices, values, cleaned, endings, ids)
         return
     for j in chosen:
         ending = endings[indices[j]]
         reservoir.offer(values[j], ending[2], cleaned[j], ending[3])
-
-
-def _simple_reservoir() -> Any:
-    from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir
-
-    return exemplar_reservoir.SimpleFixedSizeExemplarReservoir
 
 
 def _offer_simple(
@@ -547,9 +563,7 @@ def _offer_simple(
     """What offering each chosen value in turn to a simple fixed-size reservoir leaves: the same
     draws (its ``_find_bucket_index``: the first ``size`` fill the slots, then value n takes slot
     ``randrange(0, n)`` if that is a slot), and each slot written once, by its last winner."""
-    from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir
-
-    draw = _draw(exemplar_reservoir.randrange)
+    draw = _draw(sdk["reservoirs"].randrange)
     with reservoir._lock:
         size = reservoir._size
         seen = reservoir._measurements_seen
@@ -592,8 +606,6 @@ def _draw(randrange: Any) -> Callable[[int], int]:
     """``n -> randrange(0, n)``: the global generator's ``_randbelow(n)`` where ``randrange`` is the
     stdlib's (for a start of 0 and a step of 1 it returns ``0 + self._randbelow(n)``: the same
     draw, without its argument checks), else ``randrange`` itself."""
-    import random
-
     owner = getattr(randrange, "__self__", None)
     if (
         type(owner) is random.Random

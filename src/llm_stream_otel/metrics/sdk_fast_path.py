@@ -76,12 +76,16 @@ def _load_sdk() -> Dict[str, Any]:
     from opentelemetry.trace.propagation import _SPAN_KEY
 
     try:
+        from opentelemetry.sdk.metrics._internal.exemplar import exemplar_reservoir as reservoirs
         from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import (
             AlignedHistogramBucketExemplarReservoir as aligned,
         )
         from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import ExemplarBucket
+        from opentelemetry.sdk.metrics._internal.exemplar.exemplar_reservoir import (
+            SimpleFixedSizeExemplarReservoir as simple,
+        )
     except ImportError:  # an SDK without them: every reservoir is offered through its own offer()
-        aligned = ExemplarBucket = None
+        aligned = ExemplarBucket = simple = reservoirs = None
 
     def span_ids(context: Any) -> Optional[Tuple[int, int]]:
         """What ``ExemplarBucket.offer`` reads of the context: the span's ids, None for no span."""
@@ -91,11 +95,22 @@ def _load_sdk() -> Dict[str, Any]:
             return span_context.span_id, span_context.trace_id
         return None
 
+    span_types: Dict[type, bool] = {}  # type -> isinstance(span, Span): the ABC's check once per type
+
     def trace_sampled(context: Any) -> bool:
         """``TraceBasedExemplarFilter.should_sample`` for ``context``, without its two calls
-        (``get_current_span``, the ``sampled`` property): the queue's self-test compares."""
+        (``get_current_span``, the ``sampled`` property) and with ``Span``'s ABC check once
+        per span type: the queue's self-test compares."""
         span = (context if context is not None else get_current()).get(_SPAN_KEY)
-        if span is None or not isinstance(span, ApiSpan) or span == INVALID_SPAN:
+        if span is None:
+            return False
+        kind = type(span)
+        is_span = span_types.get(kind)
+        if is_span is None:
+            if len(span_types) >= 64:
+                span_types.clear()
+            is_span = span_types[kind] = isinstance(span, ApiSpan)
+        if not is_span or span == INVALID_SPAN:
             return False
         return bool(span.get_span_context().trace_flags & 1)
 
@@ -108,6 +123,8 @@ def _load_sdk() -> Dict[str, Any]:
         "Drop": _DropAggregation,
         "Measurement": Measurement,
         "Aligned": aligned,
+        "Simple": simple,
+        "reservoirs": reservoirs,  # the module: its ``randrange`` read when it draws
         "Bucket": ExemplarBucket,
         "span_ids": span_ids,
         "TraceBased": TraceBasedExemplarFilter,
