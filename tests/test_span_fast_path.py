@@ -97,3 +97,23 @@ def test_it_writes_nothing_where_the_sdk_would_refuse_or_clean():
     assert dict(live.attributes) == {}
     assert span_fast_path._write(live, {"a": ["x", "y"], "b": 1.5}, classes)
     assert dict(live.attributes) == {"a": ("x", "y"), "b": 1.5}
+
+
+def test_a_shape_seen_plain_before_does_not_let_other_values_through():
+    """The plain check remembers the (keys, value types) it accepted: the same keys with a
+    value of another type (a dict, None, a list of numbers) are checked again and refused."""
+    tracer = TracerProvider().get_tracer("test")
+    classes = span_fast_path._load()
+    plain = {"llm.stream.outcome": "completed", "llm.stream.chunks": 7, "llm.stream.max_gap": 0.25}
+    for _ in range(2):  # the second time through the remembered shape
+        span = tracer.start_span("plain")
+        assert span_fast_path._write(span, plain, classes)
+        assert dict(span.attributes) == plain
+    for odd in ({"nested": 1}, None, [1, 2], [], 3 + 1j):
+        span = tracer.start_span("odd")
+        assert not span_fast_path._write(span, {**plain, "llm.stream.max_gap": odd}, classes), odd
+        assert dict(span.attributes) == {}
+    class Text(str):
+        pass
+    span = tracer.start_span("subclass value")
+    assert not span_fast_path._write(span, {**plain, "llm.stream.outcome": Text("completed")}, classes)

@@ -44,14 +44,28 @@ _SCALARS = frozenset(_PLAIN)
 _KEYS = frozenset((str,))
 
 
+# (keys..., value types...) of attribute dicts seen to be all plain scalars: the same few recur
+# (each ending of one kind builds its dict in the same order), so most are checked by one lookup.
+_PLAIN_SHAPES: Dict[tuple, bool] = {}
+_PLAIN_SHAPES_LIMIT = 256
+
+
 def _plain(attributes: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
     """The attributes as cleaning would leave them, or None if one is not of our plain shapes.
 
-    Checked in C (``frozenset.issuperset(map(type, ...))``): an ending's ~20
+    Checked in C: the keys and the values' types as one tuple, found among the
+    shapes seen before (a tuple matches only with the same keys and the very same
+    types), else by ``frozenset.issuperset(map(type, ...))``: an ending's ~20
     scalar values are taken as they are, without a Python step each."""
+    shape = (*attributes, *map(type, attributes.values()))
+    if shape in _PLAIN_SHAPES:
+        return attributes
     if not _KEYS.issuperset(map(type, attributes)) or "" in attributes:
         return None
     if _SCALARS.issuperset(map(type, attributes.values())):
+        if len(_PLAIN_SHAPES) >= _PLAIN_SHAPES_LIMIT:
+            _PLAIN_SHAPES.clear()
+        _PLAIN_SHAPES[shape] = True
         return attributes
     clean: Dict[str, Any] = {}
     for key, value in attributes.items():
@@ -103,16 +117,19 @@ def _write(
             maxlen = bounded.maxlen
             if maxlen is not None and len(store) + len(clean) + len(more) > maxlen:
                 return False  # some would be dropped: the SDK's rules and warning
-            if not store.keys().isdisjoint(clean) or (more and not store.keys().isdisjoint(more)):
-                # set_attributes re-inserts a key that is there already: at the end, in the merged order
-                for key in clean:
-                    store.pop(key, None)
-                for key in more:
-                    if key not in clean:
-                        store.pop(key, None)
+            expected = len(store) + len(clean)
             store.update(clean)
+            if len(store) != expected:
+                # a key was there already: set_attributes re-inserts it at the end, in the given order
+                for key in clean:
+                    store[key] = store.pop(key)
             if more:
+                expected = len(store) + len(more)
                 store.update(more)  # a key in both: clean's place, more's value, as {**clean, **more}
+                if len(store) != expected:
+                    for key in more:
+                        if key not in clean:
+                            store[key] = store.pop(key)
     return True
 
 
@@ -205,8 +222,16 @@ def _self_test(classes: Tuple[type, type]) -> bool:
     same = True
     scalars = {key: value for key, value in _SAMPLE.items() if type(value) is not list}
     apart = {key: value for key, value in _SAMPLE.items() if type(value) is list}
-    # With a sequence to convert, all plain, and the sequences apart (one of them replacing a start attribute).
-    for sample, sequences in ((_SAMPLE, None), (scalars, None), (scalars, apart), (scalars, {"gen_ai.request.model": ["r"]})):
+    # With a sequence to convert, all plain, and the sequences apart (replacing a start attribute the
+    # plain ones replace too, and one only a sequence replaces, beside a new one).
+    cases = (
+        (_SAMPLE, None),
+        (scalars, None),
+        (scalars, apart),
+        (scalars, {"gen_ai.request.model": ["r"]}),
+        (scalars, {"server.port": ["p"], "llm.stream.extra": ["e"]}),
+    )
+    for sample, sequences in cases:
         fast, public = spans()
         if not _write(fast, sample, classes, sequences):
             return False
