@@ -15,10 +15,10 @@ under the SDK's locks, and to an aligned histogram reservoir the last sampled
 value per bucket with its own ending's span, which is what offering every
 value in turn leaves there. A simple fixed-size reservoir (the counters')
 gets the winners of the draws its own offers would make, any other reservoir
-every sampled value offered in turn, with its ending's context. A flush of ``INLINE_FLUSH`` endings or
-fewer (rare streams: a collect finds one or two) writes each the way it is
-written without a queue, in its own context and at its own time: there the
-grouping's planning costs more than it saves.
+every sampled value offered in turn, with its ending's context. A flush of
+``INLINE_FLUSH`` endings or fewer (rare streams: a collect finds one or two)
+writes each the way it is written without a queue, in its own context and at
+its own time: there the grouping's planning costs more than it saves.
 
 So a reader exports exactly what writing each ending at once would have
 exported: ``proven()`` checks it on the installed SDK (cumulative and delta
