@@ -46,6 +46,9 @@ GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS = getattr(
     _gen_ai, "GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS", "gen_ai.usage.cache_creation.input_tokens"
 )
 GEN_AI_TOKEN_TYPE = _gen_ai.GEN_AI_TOKEN_TYPE
+# Request parameters newer than opentelemetry-semantic-conventions 0.48b0 (the oldest we support).
+GEN_AI_REQUEST_SEED = getattr(_gen_ai, "GEN_AI_REQUEST_SEED", "gen_ai.request.seed")
+GEN_AI_REQUEST_CHOICE_COUNT = getattr(_gen_ai, "GEN_AI_REQUEST_CHOICE_COUNT", "gen_ai.request.choice.count")
 SERVER_ADDRESS = _server.SERVER_ADDRESS
 SERVER_PORT = _server.SERVER_PORT
 ERROR_TYPE = _error.ERROR_TYPE

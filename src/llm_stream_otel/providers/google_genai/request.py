@@ -21,8 +21,8 @@ _CONFIG_PARAMS = (
     ("top_p", _gen_ai.GEN_AI_REQUEST_TOP_P),
     ("top_k", _gen_ai.GEN_AI_REQUEST_TOP_K),
     ("max_output_tokens", _gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
-    ("seed", _gen_ai.GEN_AI_REQUEST_SEED),
-    ("candidate_count", getattr(_gen_ai, "GEN_AI_REQUEST_CHOICE_COUNT", "gen_ai.request.choice.count")),
+    ("seed", t.GEN_AI_REQUEST_SEED),
+    ("candidate_count", t.GEN_AI_REQUEST_CHOICE_COUNT),
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

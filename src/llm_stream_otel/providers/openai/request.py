@@ -27,8 +27,8 @@ _REQUEST_PARAMS = (
     ("max_tokens", _gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
     ("max_completion_tokens", _gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
     ("max_output_tokens", _gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
-    ("seed", _gen_ai.GEN_AI_REQUEST_SEED),
-    ("n", getattr(_gen_ai, "GEN_AI_REQUEST_CHOICE_COUNT", "gen_ai.request.choice.count")),
+    ("seed", t.GEN_AI_REQUEST_SEED),
+    ("n", t.GEN_AI_REQUEST_CHOICE_COUNT),
 )
 
 
