@@ -540,9 +540,7 @@ def _offer_group(sdk: Dict[str, Any], aggregation: Any, group: _Group, endings: 
             buckets = list(map(bisect_left, repeat(boundaries), offered))
         for bucket, j in dict(zip(buckets, chosen)).items():
             index = indices[j]
-            span_ids = ids.get(index, _GAPS)
-            if span_ids is _GAPS:
-                span_ids = ids[index] = sdk["span_ids"](endings[index][3])
+            span_ids = _span_ids(sdk, ids, endings, index)
             if span_ids is None:  # an offer without a span keeps the bucket's ids: offer them all in turn
                 for k, b in zip(chosen, buckets):
                     if b == bucket:
@@ -558,6 +556,17 @@ def _offer_group(sdk: Dict[str, Any], aggregation: Any, group: _Group, endings: 
     for j in chosen:
         ending = endings[indices[j]]
         reservoir.offer(values[j], ending[2], cleaned[j], ending[3])
+
+
+_UNKNOWN = object()
+
+
+def _span_ids(sdk: Dict[str, Any], ids: Dict[int, Any], endings: List[Ending], index: int) -> Any:
+    """The span ids of ending ``index``'s context (None: no span), read once per flush (``ids``)."""
+    found = ids.get(index, _UNKNOWN)
+    if found is _UNKNOWN:
+        found = ids[index] = sdk["span_ids"](endings[index][3])
+    return found
 
 
 def _offer_simple(
@@ -584,9 +593,7 @@ def _offer_simple(
         writes = []
         for slot, j in winners.items():
             index = indices[j]
-            span_ids = ids.get(index, _GAPS)
-            if span_ids is _GAPS:
-                span_ids = ids[index] = sdk["span_ids"](endings[index][3])
+            span_ids = _span_ids(sdk, ids, endings, index)
             bucket = storage[slot]
             if span_ids is None or type(bucket) is not sdk["Bucket"]:
                 writes = None  # an offer without a span keeps the slot's ids: the reservoir's own offers
